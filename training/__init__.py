@@ -1,0 +1,1 @@
+"""training: training loops, evaluation, threshold calibration, MLflow tracking, export."""
