@@ -1,0 +1,228 @@
+"""Benchmark: decode + quality gate + model-input preparation for a 300-photo PO.
+
+    .venv/bin/python benchmarks/bench_preprocess.py [--photos 300] [--input-size 512] [--workers 2]
+
+Makes (once, cached under benchmarks/.cache/) a PO of 4000x3000 JPEGs with the synthetic
+generator, then times, in one run:
+  loupe  - cv.stream.map_photos over ``--workers`` single-threaded processes: reduced (DCT-scaled)
+           decode, the quality gate on it, to_working_scale + letterbox + normalise to the input;
+           near-duplicates checked in the parent, in PO order.
+  naive  - one process: full cv2.imread + cv2.resize, the same gate and the same preparation.
+Prints photos/s and peak memory (RSS of the process and its workers, sampled) for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from cv.decode import Photo, decode_photo  # noqa: E402
+from cv.prep import PrepSettings, letterbox, normalise, to_working_scale  # noqa: E402
+from cv.quality import DuplicateIndex, QualityConfig, assess_photo, check_duplicate, load_quality_config  # noqa: E402
+from cv.stream import map_photos  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+# --- the PO -------------------------------------------------------------------------------------
+
+
+def make_po(photos: int, size: tuple[int, int], seed: int) -> list[Path]:
+    """Generate the PO once with datasets.synth.generate_po and reuse it from the cache."""
+    folder = CACHE / f"po_{photos}_{size[0]}x{size[1]}_seed{seed}"
+    done = folder / ".complete"
+    if not done.exists():
+        from datasets.synth import generate_po
+
+        t0 = time.perf_counter()
+        print(f"generating {photos} photos of {size[0]}x{size[1]} into {folder} (once) ...", flush=True)
+        generate_po(folder, photos, seed, size=size, workers=2)
+        done.write_text("ok\n")
+        print(f"  generated in {time.perf_counter() - t0:.0f} s", flush=True)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    if len(paths) < photos:
+        raise SystemExit(
+            f"{folder}: expected {photos} JPEGs, found {len(paths)} - delete the folder to regenerate"
+        )
+    return paths[:photos]
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    # field 4 is the parent pid; the command name (field 2) may hold spaces
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+class PeakMemory:
+    """Samples the RSS of this process plus its worker processes every 50 ms."""
+
+    def __init__(self) -> None:
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            total = _rss_kb(me) + sum(_rss_kb(c) for c in _children(me))
+            self.peak_kb = max(self.peak_kb, total)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+
+# --- the two pipelines ----------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """What a worker sends back: small, so the stream stays bounded (the tensor stays in the worker,
+    where the model would run)."""
+
+    report: object
+    input_shape: tuple[int, ...]
+    checksum: float
+
+
+def _model_input(photo: Photo, prep: PrepSettings) -> np.ndarray:
+    work, _ = to_working_scale(photo.rgb, prep)
+    boxed, _ = letterbox(work, prep.input_size)
+    return normalise(boxed, prep)
+
+
+def loupe_one(path: Path, prep: PrepSettings, gate: QualityConfig) -> Prepared:
+    photo = decode_photo(
+        path, min_long_side=max(prep.work_long_side, gate.analysis_long_side), max_pixels=gate.max_pixels
+    )
+    report = assess_photo(photo, gate)
+    x = _model_input(photo, prep)
+    return Prepared(report, x.shape, float(x[:, ::64, ::64].sum()))
+
+
+def naive_one(path: Path, prep: PrepSettings, gate: QualityConfig) -> Prepared:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # full decode, EXIF applied by OpenCV
+    h, w = bgr.shape[:2]
+    scale = max(prep.work_long_side, gate.analysis_long_side) / max(h, w)
+    small = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    photo = Photo(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), str(path), w, h, 1, scale)
+    report = assess_photo(photo, gate)
+    x = _model_input(photo, prep)
+    return Prepared(report, x.shape, float(x[:, ::64, ::64].sum()))
+
+
+def run_loupe(paths: list[Path], prep: PrepSettings, gate: QualityConfig, workers: int) -> dict:
+    index = DuplicateIndex()
+    verdicts: dict[str, int] = {}
+    errors = 0
+    fn = functools.partial(loupe_one, prep=prep, gate=gate)
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        for res in map_photos(paths, fn, workers=workers):
+            if not res.ok:
+                errors += 1
+                print(f"  unreadable: {res.item}: {res.error}", file=sys.stderr)
+                continue
+            report = check_duplicate(res.value.report, index, gate)
+            verdicts[report.verdict] = verdicts.get(report.verdict, 0) + 1
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "peak_mb": mem.peak_mb, "verdicts": verdicts, "errors": errors}
+
+
+def run_naive(paths: list[Path], prep: PrepSettings, gate: QualityConfig) -> dict:
+    index = DuplicateIndex()
+    verdicts: dict[str, int] = {}
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        for p in paths:
+            report = check_duplicate(naive_one(p, prep, gate).report, index, gate)
+            verdicts[report.verdict] = verdicts.get(report.verdict, 0) + 1
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "peak_mb": mem.peak_mb, "verdicts": verdicts, "errors": 0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=int, default=300)
+    ap.add_argument("--size", default="4000x3000", help="photo size WxH")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--input-size", type=int, default=512, help="model input side (letterboxed)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--baseline-photos", type=int, default=None, help="photos for the naive run (default: all)"
+    )
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    paths = make_po(args.photos, (w, h), args.seed)
+    prep = PrepSettings(work_long_side=args.input_size, tile_size=args.input_size, input_size=args.input_size)
+    gate = load_quality_config()
+    size_mb = sum(p.stat().st_size for p in paths) / len(paths) / 1e6
+    print(
+        f"PO: {len(paths)} JPEGs {w}x{h}, mean {size_mb:.1f} MB; model input {args.input_size}; {os.cpu_count()} cores"
+    )
+
+    fast = run_loupe(paths, prep, gate, args.workers)
+    base_paths = paths[: args.baseline_photos] if args.baseline_photos else paths
+    naive = run_naive(base_paths, prep, gate)
+
+    fast_rate = len(paths) / fast["wall"]
+    naive_rate = len(base_paths) / naive["wall"]
+    print(f"{'pipeline':<44} {'photos':>6} {'wall s':>7} {'photos/s':>9} {'peak MB':>8}")
+    print(
+        f"{'loupe: reduced decode, ' + str(args.workers) + ' workers x 1 thread':<44} {len(paths):>6} "
+        f"{fast['wall']:>7.1f} {fast_rate:>9.1f} {fast['peak_mb']:>8.0f}"
+    )
+    print(
+        f"{'naive: full imread + resize, 1 process':<44} {len(base_paths):>6} "
+        f"{naive['wall']:>7.1f} {naive_rate:>9.1f} {naive['peak_mb']:>8.0f}"
+    )
+    print(f"speed-up {fast_rate / naive_rate:.2f}x (target >= 3x); {fast_rate:.1f} photos/s (target >= 20)")
+    print(f"verdicts loupe {fast['verdicts']}  naive {naive['verdicts']}  unreadable {fast['errors']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

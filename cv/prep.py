@@ -1,0 +1,186 @@
+"""Model-input preparation: the ONE set of functions used at training and at inference.
+
+``PrepSettings`` is saved inside every model bundle, so a model sees the same pixels in
+production as it saw in training: the photo is brought to a working scale (long side
+``work_long_side``), optionally colour-corrected, then either letterboxed whole or cut into
+overlapping tiles, and normalised to float32 CHW.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cv.tiling import Tile, tile_grid
+
+LETTERBOX_FILL = 114  # neutral grey padding (the YOLO convention), far from any defect colour
+
+
+class PrepSettings(BaseModel):
+    """How a photo becomes model input; saved with the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    work_long_side: int = Field(1280, ge=32, description="photo resized so its long side is this many px")
+    tile_size: int = Field(320, ge=16, description="tile side in working-scale px")
+    tile_overlap: int = Field(48, ge=0, description="overlap between neighbouring tiles in working-scale px")
+    input_size: int = Field(320, ge=16, description="network input side; equals tile_size normally")
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # EfficientNet-Lite convention on RGB in [0, 1]
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    clahe: bool = False
+    white_balance: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> PrepSettings:
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(
+                f"tile_overlap ({self.tile_overlap}) must be smaller than tile_size ({self.tile_size})"
+            )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive in every channel, got {self.std}")
+        return self
+
+
+def min_decode_side(settings: PrepSettings, original_w: int, original_h: int) -> int:
+    """The shorter side a decode must keep so that the working-scale photo is not upscaled."""
+    long, short = max(original_w, original_h), min(original_w, original_h)
+    if long <= settings.work_long_side:
+        return short
+    return math.ceil(settings.work_long_side * short / long)
+
+
+def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if (w, h) == size:
+        return rgb
+    # INTER_AREA when shrinking keeps thin stitches from aliasing away; linear when enlarging.
+    shrinking = size[0] < w or size[1] < h
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def grey_world(rgb: np.ndarray) -> np.ndarray:
+    """Grey-world white balance: scale channels so their means agree (tames tungsten/LED casts)."""
+    means = rgb.reshape(-1, 3).mean(axis=0)
+    gains = means.mean() / np.maximum(means, 1.0)
+    lut = np.clip(np.arange(256)[:, None] * gains[None, :], 0, 255).astype(np.uint8)
+    return cv2.merge([cv2.LUT(rgb[..., c], lut[:, c]) for c in range(3)])
+
+
+def clahe_rgb(rgb: np.ndarray, clip_limit: float = 2.0, grid: int = 8) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation on lightness only, so colours keep their hue."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    lab[..., 0] = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(grid, grid)).apply(
+        np.ascontiguousarray(lab[..., 0])
+    )
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def colour_correct(rgb: np.ndarray, settings: PrepSettings) -> np.ndarray:
+    """The optional per-model corrections, in a fixed order (white balance, then CLAHE)."""
+    if settings.white_balance:
+        rgb = grey_world(rgb)
+    if settings.clahe:
+        rgb = clahe_rgb(rgb)
+    return rgb
+
+
+def _check_rgb(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        desc = (
+            f"{rgb.dtype} array of shape {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        )
+        raise ValueError(
+            f"expected an RGB uint8 image of shape (H, W, 3), got {desc} - decode it with decode_photo"
+        )
+
+
+def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, float]:
+    """Resize so the long side is ``work_long_side`` and apply the colour corrections.
+
+    Returns (rgb_work, scale) with scale = working px per input px: a box on rgb_work maps back
+    to ``rgb`` by dividing by scale.
+    """
+    _check_rgb(rgb)
+    h, w = rgb.shape[:2]
+    scale = settings.work_long_side / max(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    work = colour_correct(_resize(rgb, size), settings)
+    return work, scale
+
+
+def normalise(images: np.ndarray, settings: PrepSettings) -> np.ndarray:
+    """uint8 RGB HWC (or NHWC batch) -> float32 CHW (or NCHW): (x / 255 - mean) / std."""
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+        raise ValueError(f"normalise expects uint8 RGB HWC or NHWC, got {arr.dtype} {arr.shape}")
+    mean = np.asarray(settings.mean, np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(settings.std, np.float32) * 255.0)
+    out = (arr.astype(np.float32) - mean) * inv_std
+    return np.ascontiguousarray(np.moveaxis(out, -1, -3))
+
+
+@dataclass(frozen=True)
+class LetterboxTransform:
+    """Where a source image sits inside a letterboxed square: ``lb = src * scale + pad``."""
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    src_width: int
+    src_height: int
+    size: int
+
+    def to_letterbox(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Boxes in source pixels -> letterboxed-input pixels."""
+        b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        return b * self.scale + np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+
+    def to_source(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Boxes in letterboxed-input pixels (a model's output) -> source pixels, clipped to the image."""
+        b = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
+        out = (b - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)) / self.scale
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.src_width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.src_height)
+        return out
+
+
+def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxTransform]:
+    """Fit the whole image into a ``size`` x ``size`` square keeping its aspect ratio, padding with grey."""
+    _check_rgb(rgb)
+    h, w = rgb.shape[:2]
+    scale = size / max(w, h)
+    nw, nh = min(size, max(1, round(w * scale))), min(size, max(1, round(h * scale)))
+    pad_x, pad_y = (size - nw) // 2, (size - nh) // 2
+    out = np.full((size, size, 3), LETTERBOX_FILL, np.uint8)
+    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = _resize(rgb, (nw, nh))
+    return out, LetterboxTransform(scale, pad_x, pad_y, w, h, size)
+
+
+def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, list[Tile]]:
+    """Cut the working-scale photo into overlapping tiles, ready for the network.
+
+    Returns (float32 N x 3 x input_size x input_size, tiles). A tile smaller than ``tile_size``
+    (photo smaller than one tile) is padded at the right/bottom, so a box from the network maps to
+    working pixels as ``box * tile_size / input_size + (tile.x, tile.y)`` for every tile.
+    """
+    _check_rgb(rgb_work)
+    h, w = rgb_work.shape[:2]
+    s = settings.tile_size
+    tiles = tile_grid(w, h, s, settings.tile_overlap)
+    batch = np.full((len(tiles), s, s, 3), LETTERBOX_FILL, np.uint8)
+    for i, t in enumerate(tiles):
+        batch[i, : t.h, : t.w] = rgb_work[t.y : t.y + t.h, t.x : t.x + t.w]
+    if settings.input_size != s:
+        batch = np.stack([_resize(tile, (settings.input_size, settings.input_size)) for tile in batch])
+    return normalise(batch, settings), tiles
+
+
+def tile_boxes_to_tile_px(boxes_xyxy: np.ndarray, settings: PrepSettings) -> np.ndarray:
+    """Boxes in network-input pixels of one tile -> that tile's working-scale pixels."""
+    return np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) * (
+        settings.tile_size / settings.input_size
+    )

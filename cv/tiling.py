@@ -1,0 +1,170 @@
+"""Overlapping tiles over a photo, and merging the boxes found on tiles back into one set.
+
+A 3 mm stitch defect is a few pixels once a 12 MP photo is shrunk to a detector's input, so the
+detector runs on tiles of the working-scale photo instead. Boxes come back in tile pixels; they
+are shifted to photo pixels and merged across tile borders SAHI-style (greedy merge of boxes of
+the same family whose intersection-over-smaller is high), plus one rule SAHI lacks: two pieces of
+one defect cut by a tile border are merged when both touch that border and line up across it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile in working-scale pixels; ``w``/``h`` are smaller than the tile size only when the
+    photo itself is smaller than one tile."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def xyxy(self) -> tuple[int, int, int, int]:
+        return self.x, self.y, self.x + self.w, self.y + self.h
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    # The last tile is shifted inward to end exactly at the border rather than padded.
+    starts.append(length - tile)
+    return starts
+
+
+def tile_grid(width: int, height: int, tile_size: int, overlap: int) -> list[Tile]:
+    """Tiles of ``tile_size`` overlapping by at least ``overlap`` that cover the whole image, row by row."""
+    if tile_size <= 0:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"tile overlap must be in [0, tile_size={tile_size}), got {overlap}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"cannot tile an empty {width}x{height} image")
+    return [
+        Tile(x, y, min(tile_size, width), min(tile_size, height))
+        for y in _starts(height, tile_size, overlap)
+        for x in _starts(width, tile_size, overlap)
+    ]
+
+
+def _inner_edges(tile: Tile, image_w: float, image_h: float, boxes: np.ndarray, tol: float) -> np.ndarray:
+    """Per box, which sides (left, top, right, bottom) are cut by this tile's border inside the image."""
+    x0, y0, x1, y1 = tile.xyxy
+    return np.stack(
+        [
+            (boxes[:, 0] <= x0 + tol) & (x0 > 0),
+            (boxes[:, 1] <= y0 + tol) & (y0 > 0),
+            (boxes[:, 2] >= x1 - tol) & (x1 < image_w),
+            (boxes[:, 3] >= y1 - tol) & (y1 < image_h),
+        ],
+        axis=1,
+    )
+
+
+def _overlap_1d(a0: float, a1: float, b0: float, b1: float) -> float:
+    """Overlap of two intervals over the shorter one (pieces of a box spanning 4 tiles differ in length)."""
+    inter = max(0.0, min(a1, b1) - max(a0, b0))
+    shorter = min(a1 - a0, b1 - b0)
+    return inter / shorter if shorter > 0 else 0.0
+
+
+def _should_merge(a: np.ndarray, ea: np.ndarray, b: np.ndarray, eb: np.ndarray, thr: float) -> bool:
+    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
+    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
+    if inter <= 0:
+        return False
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    if inter / max(min(area_a, area_b), 1e-9) >= thr:
+        return True
+    # One defect cut by a vertical tile border: a piece cut on its right meets a piece cut on its
+    # left, and the two line up vertically (and likewise for horizontal borders).
+    cut_lr = (ea[2] and eb[0]) or (ea[0] and eb[2])
+    if cut_lr and _overlap_1d(a[1], a[3], b[1], b[3]) >= thr:
+        return True
+    cut_tb = (ea[3] and eb[1]) or (ea[1] and eb[3])
+    return bool(cut_tb and _overlap_1d(a[0], a[2], b[0], b[2]) >= thr)
+
+
+def merge_tile_detections(
+    per_tile: Sequence[tuple[Tile, np.ndarray, np.ndarray, np.ndarray]],
+    iou_threshold: float = 0.5,
+    *,
+    edge_tolerance: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shift per-tile boxes into image pixels and merge duplicates across tile borders.
+
+    ``per_tile``: (tile, boxes xyxy in tile pixels (N, 4), scores (N,), labels (N,)) per tile.
+    Boxes of the same label are merged greedily from the highest score down when their
+    intersection-over-smaller reaches ``iou_threshold``, or when they are two pieces of one box
+    cut by a tile border; the merged box is their union and keeps the highest score.
+    Returns (boxes xyxy float32 (M, 4), scores float32 (M,), labels int64 (M,)) sorted by score.
+    """
+    boxes_l, scores_l, labels_l, edges_l = [], [], [], []
+    if per_tile:
+        image_w = max(t.x + t.w for t, *_ in per_tile)
+        image_h = max(t.y + t.h for t, *_ in per_tile)
+    for tile, boxes, scores, labels in per_tile:
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(boxes) == 0:
+            continue
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        labels = np.asarray(labels).reshape(-1)
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(
+                f"tile at ({tile.x}, {tile.y}): {len(boxes)} boxes, {len(scores)} scores and "
+                f"{len(labels)} labels - give one score and one label per box"
+            )
+        shifted = boxes + np.array([tile.x, tile.y, tile.x, tile.y], dtype=np.float64)
+        boxes_l.append(shifted)
+        scores_l.append(scores)
+        labels_l.append(labels)
+        edges_l.append(_inner_edges(tile, image_w, image_h, shifted, edge_tolerance))
+    if not boxes_l:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+    boxes = np.concatenate(boxes_l)
+    scores = np.concatenate(scores_l)
+    labels = np.concatenate(labels_l)
+    edges = np.concatenate(edges_l)
+
+    out_boxes, out_scores, out_labels = [], [], []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        # Each group: [union box, sides still cut by a tile border, best score]. Merging repeats
+        # until nothing changes, because a grown union can reach pieces it missed before.
+        groups = [[boxes[i].copy(), edges[i].copy(), scores[i]] for i in idx]
+        merged = True
+        while merged:
+            merged = False
+            for a in range(len(groups)):
+                for b in range(len(groups) - 1, a, -1):
+                    ga, gb = groups[a], groups[b]
+                    if _should_merge(ga[0], ga[1], gb[0], gb[1], iou_threshold):
+                        ga[0] = np.concatenate(
+                            [np.minimum(ga[0][:2], gb[0][:2]), np.maximum(ga[0][2:], gb[0][2:])]
+                        )
+                        # The union is cut on a side only where both pieces were cut on it.
+                        ga[1] = ga[1] & gb[1]
+                        ga[2] = max(ga[2], gb[2])
+                        del groups[b]
+                        merged = True
+        for box, _, score in groups:
+            out_boxes.append(box)
+            out_scores.append(score)
+            out_labels.append(label)
+    order = np.argsort(-np.asarray(out_scores), kind="stable")
+    return (
+        np.asarray(out_boxes, dtype=np.float32)[order],
+        np.asarray(out_scores, dtype=np.float32)[order],
+        np.asarray(out_labels, dtype=np.int64)[order],
+    )

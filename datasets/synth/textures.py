@@ -1,0 +1,196 @@
+"""Procedural surface textures in millimetres: fabric weave and knit, leather, rubber, cardboard, floors.
+
+Every function returns a float32 luminance-times-colour image (h, w, 3) in 0..1-ish, drawn from its own
+``numpy.random.Generator`` so that a texture depends only on its seed. Detail finer than a pixel is not
+drawn (it would alias); a grain takes its place.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+F32 = np.float32
+
+# Drawing millions of normals per texture dominates the cost of a photo, so white noise is read from a
+# per-process bank (built once from a fixed seed) at an offset drawn from the caller's generator: still
+# a pure function of the seed, and about 20x cheaper.
+_BANK_SIZE = 1 << 24
+_bank: np.ndarray | None = None
+
+
+def white_noise(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Standard-normal float32 noise of shape (h, w), deterministic in ``rng``."""
+    global _bank
+    if _bank is None:
+        _bank = np.random.default_rng(20261122).standard_normal(_BANK_SIZE, dtype=F32)
+    n = h * w
+    if n > _BANK_SIZE:
+        return rng.standard_normal((h, w), dtype=F32)
+    off = int(rng.integers(0, _BANK_SIZE - n + 1))
+    view = _bank[off : off + n].reshape(h, w)
+    return -view if rng.random() < 0.5 else view
+
+
+def smooth_noise(rng: np.random.Generator, h: int, w: int, cell_px: float) -> np.ndarray:
+    """Band-limited noise (std ≈ 1) with features about ``cell_px`` pixels wide."""
+    cell = max(float(cell_px), 1.0)
+    gh, gw = max(2, int(np.ceil(h / cell)) + 1), max(2, int(np.ceil(w / cell)) + 1)
+    if cell <= 1.0:
+        return white_noise(rng, h, w)
+    small = white_noise(rng, gh, gw)
+    big = cv2.resize(small, (int(gw * cell), int(gh * cell)), interpolation=cv2.INTER_CUBIC)[:h, :w]
+    return big * F32(1.35)
+
+
+def fbm(rng: np.random.Generator, h: int, w: int, cell_px: float, octaves: int = 3, gain: float = 0.5):
+    """Sum of noise octaves, largest first (clouds, mottling, concrete)."""
+    out = np.zeros((h, w), F32)
+    amp, total = 1.0, 0.0
+    for _ in range(octaves):
+        out += F32(amp) * smooth_noise(rng, h, w, cell_px)
+        total += amp
+        amp *= gain
+        cell_px = max(cell_px / 2.0, 1.0)
+    return out / F32(total)
+
+
+def _colourise(lum: np.ndarray, colour, rng: np.random.Generator, tint: float = 0.02) -> np.ndarray:
+    """Multiply a luminance field by an RGB colour (colour drift is added once per photo, in lighting)."""
+    return lum[..., None] * np.asarray(colour, F32)
+
+
+def _grid(h: int, w: int):
+    return np.arange(w, dtype=F32)[None, :], np.arange(h, dtype=F32)[:, None]
+
+
+def woven(rng, h, w, ppm, colour, pitch_mm=0.35, twill=False) -> np.ndarray:
+    """Woven fabric: warp and weft threads interlacing (plain or 2/2 twill), slubs and mottling."""
+    ppx = pitch_mm * ppm
+    low = fbm(rng, h, w, 30 * ppm, 2)
+    if ppx < 2.2:
+        lum = 0.9 + 0.035 * smooth_noise(rng, h, w, 1.0) + 0.03 * smooth_noise(rng, h, w, max(ppx * 3, 1.5))
+    else:
+        x, y = _grid(h, w)
+        wob = smooth_noise(rng, h, w, 25 * ppx) * F32(0.35 * ppx)
+        fx = (x + wob) / F32(ppx)
+        fy = (y - wob * F32(0.6)) / F32(ppx)
+        ix, iy = np.floor(fx), np.floor(fy)
+        rx, ry = fx - ix, fy - iy
+        px = np.sqrt(np.sin(np.pi * rx))
+        py = np.sqrt(np.sin(np.pi * ry))
+        slub_x = (1 + 0.12 * rng.standard_normal(4096)).astype(F32)
+        slub_y = (1 + 0.12 * rng.standard_normal(4096)).astype(F32)
+        sx = slub_x[(ix.astype(np.int64) % 4096)]
+        sy = slub_y[(iy.astype(np.int64) % 4096)]
+        period = 4 if twill else 2
+        over = ((ix + iy) % period) < (period / 2)
+        lum = np.where(over, px * (0.8 + 0.2 * py) * sx, py * (0.8 + 0.2 * px) * sy)
+        lum = 0.6 + 0.4 * lum
+        lum += 0.025 * smooth_noise(rng, h, w, 1.0)
+    lum = lum * (1 + 0.05 * low)
+    return _colourise(lum.astype(F32), colour, rng)
+
+
+def knit(rng, h, w, ppm, colour, wale_mm=0.9) -> np.ndarray:
+    """Single jersey: columns of V-shaped loops (the face of most T-shirts)."""
+    low = fbm(rng, h, w, 30 * ppm, 2)
+    wpx, cpx = wale_mm * ppm, wale_mm * 0.75 * ppm
+    if wpx < 3.0:
+        lum = 0.9 + 0.03 * smooth_noise(rng, h, w, 1.0) + 0.025 * smooth_noise(rng, h, w, max(wpx, 1.5))
+    else:
+        x, y = _grid(h, w)
+        wob = smooth_noise(rng, h, w, 30 * wpx) * F32(0.3 * wpx)
+        fx = (x + wob) / F32(wpx)
+        fy = (y + wob) / F32(cpx)
+        rx, ry = fx - np.floor(fx), fy - np.floor(fy)
+        v = np.abs(rx - 0.5) * 2
+        leg = 0.5 + 0.3 * (ry - 0.5)
+        lum = np.exp(-(((v - leg) / 0.3) ** 2))
+        col = (1 + 0.08 * rng.standard_normal(4096)).astype(F32)[(np.floor(fx).astype(np.int64) % 4096)]
+        lum = 0.62 + 0.38 * lum * col + 0.02 * smooth_noise(rng, h, w, 1.0)
+    lum = lum * (1 + 0.05 * low)
+    return _colourise(lum.astype(F32), colour, rng)
+
+
+def leather(rng, h, w, ppm, colour) -> np.ndarray:
+    """Grain leather: a net of fine creases and pores over a mottled base."""
+    crease_n = fbm(rng, h, w, 1.4 * ppm, 2)
+    crease = np.exp(-((crease_n / 0.13) ** 2))
+    pores = np.clip(smooth_noise(rng, h, w, max(0.3 * ppm, 1.0)) - 1.6, 0, 1)
+    lum = 0.95 - 0.16 * crease - 0.25 * pores + 0.06 * fbm(rng, h, w, 25 * ppm, 3)
+    lum += 0.015 * smooth_noise(rng, h, w, 1.0)
+    return _colourise(lum.astype(F32), colour, rng, 0.03)
+
+
+def rubber(rng, h, w, ppm, colour) -> np.ndarray:
+    lum = 0.92 + 0.04 * fbm(rng, h, w, 10 * ppm, 2) + 0.03 * smooth_noise(rng, h, w, max(0.4 * ppm, 1.0))
+    return _colourise(lum.astype(F32), colour, rng)
+
+
+def cardboard(rng, h, w, ppm, colour) -> np.ndarray:
+    """Kraft liner: fibres streaked along one direction, faint flute ridges, blotches."""
+    gh, gw = max(2, int(h / max(0.35 * ppm, 1))), max(2, int(w / max(5 * ppm, 1)))
+    streak = cv2.resize(white_noise(rng, gh, gw), (w, h), interpolation=cv2.INTER_LINEAR)
+    x, _ = _grid(h, w)
+    flute = np.sin(2 * np.pi * x / F32(4.0 * ppm))
+    lum = 0.93 + 0.035 * streak + 0.015 * flute + 0.05 * fbm(rng, h, w, 40 * ppm, 3)
+    lum += 0.02 * smooth_noise(rng, h, w, 1.0)
+    return _colourise(lum.astype(F32), colour, rng, 0.03)
+
+
+def paper(rng, h, w, ppm, colour) -> np.ndarray:
+    lum = 0.97 + 0.012 * smooth_noise(rng, h, w, max(0.2 * ppm, 1.0)) + 0.01 * fbm(rng, h, w, 20 * ppm, 2)
+    return _colourise(lum.astype(F32), colour, rng, 0.01)
+
+
+def wood(rng, h, w, ppm, colour) -> np.ndarray:
+    """A wooden table top: growth rings stretched along x, bent by low-frequency noise."""
+    _, y = _grid(h, w)
+    bend = fbm(rng, h, w, 120 * ppm, 2) * F32(25 * ppm)
+    rings = np.sin(2 * np.pi * (y + bend) / F32(9 * ppm)) ** 2
+    gh, gw = max(2, int(h / max(0.4 * ppm, 1))), max(2, int(w / max(30 * ppm, 1)))
+    grain = cv2.resize(white_noise(rng, gh, gw), (w, h), interpolation=cv2.INTER_LINEAR)
+    lum = 0.8 + 0.12 * rings + 0.04 * grain + 0.05 * fbm(rng, h, w, 60 * ppm, 2)
+    return _colourise(lum.astype(F32), colour, rng, 0.04)
+
+
+def laminate(rng, h, w, ppm, colour) -> np.ndarray:
+    lum = 0.95 + 0.02 * fbm(rng, h, w, 50 * ppm, 3) + 0.012 * smooth_noise(rng, h, w, 1.0)
+    return _colourise(lum.astype(F32), colour, rng, 0.01)
+
+
+def concrete(rng, h, w, ppm, colour) -> np.ndarray:
+    """A factory floor: multi-scale mottling, specks of aggregate and stains."""
+    lum = 0.85 + 0.1 * fbm(rng, h, w, 80 * ppm, 4) + 0.04 * smooth_noise(rng, h, w, max(1.5 * ppm, 1.0))
+    specks = np.clip(smooth_noise(rng, h, w, max(0.8 * ppm, 1.0)) - 1.8, 0, 1)
+    lum = lum - 0.2 * specks + 0.02 * smooth_noise(rng, h, w, 1.0)
+    return _colourise(lum.astype(F32), colour, rng, 0.02)
+
+
+def skin(rng, h, w, ppm, colour) -> np.ndarray:
+    lum = 0.95 + 0.04 * fbm(rng, h, w, 15 * ppm, 3) + 0.01 * smooth_noise(rng, h, w, max(0.3 * ppm, 1.0))
+    return _colourise(lum.astype(F32), colour, rng, 0.05)
+
+
+MATERIALS = {
+    "woven": woven,
+    "twill": lambda rng, h, w, ppm, colour: woven(rng, h, w, ppm, colour, 0.45, True),
+    "canvas": lambda rng, h, w, ppm, colour: woven(rng, h, w, ppm, colour, 0.8, False),
+    "knit": knit,
+    "leather": leather,
+    "rubber": rubber,
+    "cardboard": cardboard,
+    "paper": paper,
+    "wood": wood,
+    "laminate": laminate,
+    "concrete": concrete,
+    "skin": skin,
+}
+
+
+def material(name: str, seed: int, h: int, w: int, ppm: float, colour) -> np.ndarray:
+    """The texture ``name`` (a key of MATERIALS) drawn from ``seed``."""
+    if name not in MATERIALS:
+        raise ValueError(f"unknown material {name!r}; use one of {sorted(MATERIALS)}")
+    return MATERIALS[name](np.random.default_rng(seed), h, w, ppm, colour)

@@ -1,0 +1,70 @@
+"""A Loupe model bundle as an MLflow pyfunc: the bundle folder is the model's one artifact.
+
+``mlflow.pyfunc.load_model(uri).predict(tiles)`` takes float32 tiles N×3×S×S, already normalised
+with the bundle's prep settings (what :func:`cv.prep.prepare_tiles` returns), and gives N×F family
+probabilities. Loupe itself never goes through pyfunc: it resolves the registered version to the
+bundle folder (:mod:`models.refs`) and loads that; pyfunc is for MLflow's own tools.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+BUNDLE_ARTIFACT = "bundle"
+
+
+class LoupeBundleModel(mlflow.pyfunc.PythonModel):
+    """Runs a bundle's predictor on a batch of tiles (classifier or detector)."""
+
+    def load_context(self, context) -> None:
+        from models.predictor import load_predictor
+
+        self.bundle_dir = Path(context.artifacts[BUNDLE_ARTIFACT])
+        self.predictor = load_predictor(self.bundle_dir, backend="torch", device="cpu", threads=1)
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        batch = np.asarray(model_input, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(f"expected float32 tiles N×3×S×S, got shape {batch.shape}")
+        return np.asarray(self.predictor.run(batch), dtype=np.float32)
+
+
+def bundle_signature(input_size: int, n_families: int):
+    """Input float32 tiles N×3×S×S → output float32 probabilities N×F."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, input_size, input_size), name="tiles")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_families), name="probabilities")]),
+    )
+
+
+def log_bundle_model(
+    bundle_dir: Path,
+    input_size: int,
+    n_families: int,
+    registered_model_name: str | None = None,
+    name: str = "model",
+) -> Any:
+    """Log ``bundle_dir`` as a pyfunc model in the active run (and register it); returns the ModelInfo."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        # MLflow warns about cloudpickle and missing input examples; the signature says what goes in.
+        warnings.simplefilter("ignore")
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=LoupeBundleModel(),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            signature=bundle_signature(input_size, n_families),
+            registered_model_name=registered_model_name,
+            # Explicit requirements: inferring them would load the model in a subprocess (slow, and noisy).
+            pip_requirements=["loupe", "torch", "numpy", "mlflow"],
+        )

@@ -1,0 +1,156 @@
+"""Photo-level inference: the one place tile scores become photo scores and tile boxes photo boxes.
+
+Training's evaluation and serving's triage both call these functions, so a model scores a photo
+the same way when it is validated and when it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Tiles per forward pass: large enough to amortise the call, small enough for a 2-core box.
+TILE_BATCH = 16
+
+
+@dataclass
+class PhotoScores:
+    """Raw (uncalibrated) scores of one photo: per family the max over its tiles."""
+
+    families: tuple[str, ...]
+    raw: np.ndarray  # (F,) max over tiles
+    tile_scores: np.ndarray  # (T, F)
+    best_tile: dict[str, int] = field(default_factory=dict)  # family -> index into tiles
+    tiles: list[Any] = field(default_factory=list)  # cv tiles (position in working-scale pixels)
+
+    def as_dict(self) -> dict[str, float]:
+        return {f: float(self.raw[i]) for i, f in enumerate(self.families)}
+
+
+def _batched(batch: np.ndarray, fn, size: int = TILE_BATCH) -> list:
+    return [fn(batch[i : i + size]) for i in range(0, len(batch), size)]
+
+
+def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> PhotoScores:
+    """Score every tile of a working-scale photo with the classifier; photo score = max over tiles.
+
+    ``classifier_predictor`` is a :func:`models.predictor.load_predictor` object (``.run(batch)`` →
+    N×F probabilities, ``.families``); ``prep`` the bundle's :class:`cv.prep.PrepSettings`.
+    """
+    from cv.prep import prepare_tiles
+
+    batch, tiles = prepare_tiles(rgb_work, as_prep(prep))
+    families = tuple(classifier_predictor.families)
+    if len(batch) == 0:
+        raise ValueError(f"photo of shape {rgb_work.shape} produced no tiles; check prep.tile_size")
+    parts = _batched(np.asarray(batch, dtype=np.float32), classifier_predictor.run)
+    tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    best = tile_scores.argmax(axis=0)
+    return PhotoScores(
+        families=families,
+        raw=tile_scores.max(axis=0),
+        tile_scores=tile_scores,
+        best_tile={f: int(best[i]) for i, f in enumerate(families)},
+        tiles=list(tiles),
+    )
+
+
+def apply_platt(raw: np.ndarray, params: dict | None) -> np.ndarray:
+    """``sigmoid(a * logit(raw) + b)``; the identity when ``params`` is missing."""
+    raw = np.asarray(raw, dtype=np.float64)
+    if not params:
+        return raw
+    p = np.clip(raw, 1e-6, 1 - 1e-6)
+    z = float(params.get("a", 1.0)) * np.log(p / (1 - p)) + float(params.get("b", 0.0))
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def calibrate_scores(
+    raw: dict[str, float] | np.ndarray | PhotoScores, calibration: dict | None, families=None
+):
+    """Raw family scores → calibrated probabilities with the bundle's per-family Platt parameters.
+
+    Accepts ``{family: raw}`` (returns a dict), a :class:`PhotoScores` (returns a dict) or an array
+    N×F / F with ``families`` (returns an array).
+    """
+    calibration = calibration or {}
+    if isinstance(raw, PhotoScores):
+        raw = raw.as_dict()
+    if isinstance(raw, dict):
+        return {f: float(apply_platt(np.array([v]), calibration.get(f))[0]) for f, v in raw.items()}
+    if families is None:
+        raise ValueError("calibrate_scores on an array needs the families in column order")
+    arr = np.asarray(raw, dtype=np.float64)
+    cols = np.atleast_2d(arr)
+    out = np.stack([apply_platt(cols[:, i], calibration.get(f)) for i, f in enumerate(families)], axis=1)
+    return out.reshape(arr.shape)
+
+
+def detect_photo(
+    rgb_work: np.ndarray,
+    detector_predictor: Any,
+    prep: Any,
+    tiles: list | None = None,
+    score_threshold: float | None = None,
+    top_k: int | None = None,
+    merge_iou: float | None = None,
+) -> list[tuple[tuple[float, float, float, float], float, str, str | None]]:
+    """Box defects on a working-scale photo: detect per tile, merge back to photo (working) pixels.
+
+    Returns ``[(box_xyxy_work_px, score, family, subtype)]`` sorted by score. ``tiles`` restricts
+    detection to those tiles (:class:`cv.tiling.Tile` objects or indices into the photo's tile grid,
+    e.g. the ones the classifier flagged); default: every tile. Decoding settings default to the
+    ones saved in the bundle's training config (``config.detector``).
+    """
+    from cv.prep import prepare_tiles, tile_boxes_to_tile_px
+    from cv.tiling import merge_tile_detections
+
+    prep = as_prep(prep)
+    saved = (getattr(detector_predictor.bundle, "config", None) or {}).get("detector", {})
+    score_threshold = saved.get("score_threshold", 0.1) if score_threshold is None else score_threshold
+    top_k = saved.get("top_k", 50) if top_k is None else top_k
+    merge_iou = saved.get("merge_iou", 0.5) if merge_iou is None else merge_iou
+
+    batch, grid = prepare_tiles(rgb_work, prep)
+    keep = list(range(len(grid)))
+    if tiles is not None:
+        wanted = {t if isinstance(t, int) else (t.x, t.y) for t in tiles}
+        keep = [i for i, t in enumerate(grid) if i in wanted or (t.x, t.y) in wanted]
+    if not keep:
+        return []
+    batch = batch[keep]
+    dets = []
+    for start in range(0, len(batch), TILE_BATCH):
+        dets.extend(detector_predictor.detect(batch[start : start + TILE_BATCH], score_threshold, top_k))
+    per_tile = []
+    best_subtype: dict[tuple[int, float], int] = {}
+    for i, d in zip(keep, dets, strict=True):
+        boxes = tile_boxes_to_tile_px(d.boxes, prep)
+        per_tile.append((grid[i], boxes, d.scores, d.labels))
+        for label, score, sub in zip(d.labels, d.scores, d.subtypes, strict=True):
+            best_subtype.setdefault((int(label), float(np.float32(score))), int(sub))
+    boxes, scores, labels = merge_tile_detections(per_tile, merge_iou)
+    families = list(detector_predictor.families)
+    subtypes = list(getattr(detector_predictor, "subtypes", []) or [])
+    out = []
+    for box, score, label in zip(boxes, scores, labels, strict=True):
+        # A merged box keeps its best piece's score, so that piece's subtype is the box's subtype.
+        sub = best_subtype.get((int(label), float(score)), -1)
+        out.append(
+            (
+                tuple(float(v) for v in box),
+                float(score),
+                families[int(label)],
+                subtypes[sub] if 0 <= sub < len(subtypes) else None,
+            )
+        )
+    return out
+
+
+def as_prep(prep: Any) -> Any:
+    """``cv.prep.PrepSettings`` from a bundle's prep dict (or pass one through)."""
+    from cv.prep import PrepSettings
+
+    return prep if isinstance(prep, PrepSettings) else PrepSettings(**prep)

@@ -1,0 +1,161 @@
+"""One object to run a bundle on tiles, with torch or ONNX Runtime, on CPU or CUDA.
+
+``run`` gives per-tile family probabilities (N x F) for either task (the detector's is the peak of
+each family heatmap); ``detect`` gives per-tile boxes. Sigmoid and decoding are numpy, shared by
+both backends, so a model gives the same results whichever runs it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from models.bundle import ModelBundle, load_bundle
+from models.errors import ModelFileError
+
+Backend = Literal["torch", "onnx"]
+Device = Literal["cpu", "cuda", "auto"]
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float32)))).astype(np.float32)
+
+
+class Predictor:
+    """A loaded bundle: ``.bundle``, ``.families``, ``.run(batch)`` and (detector) ``.detect(batch)``."""
+
+    def __init__(self, bundle: ModelBundle, backend: Backend, device: str, runner: Any) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.device = device
+        self._runner = runner
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.bundle.families)
+
+    @property
+    def subtypes(self) -> list[str]:
+        return list(self.bundle.subtypes)
+
+    @property
+    def task(self) -> str:
+        return self.bundle.task
+
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise ValueError(
+                f"expected normalised float32 tiles N x 3 x H x W, got shape {batch.shape}; "
+                "prepare them with cv.prep using the bundle's prep settings"
+            )
+        return batch
+
+    def raw(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The network's raw outputs (logits / maps) as numpy arrays by name."""
+        batch = self._check(batch)
+        if self.backend == "onnx":
+            return self._runner.run(batch)
+        import torch
+
+        with torch.inference_mode():
+            out = self._runner(torch.from_numpy(batch).to(self.device))
+        if isinstance(out, torch.Tensor):
+            return {"logits": out.float().cpu().numpy()}
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Per-tile family probabilities, N x F float32."""
+        raw = self.raw(batch)
+        if self.task == "classifier":
+            return _sigmoid(raw["logits"])
+        # Detector: a tile's family score is its strongest heatmap peak.
+        return _sigmoid(raw["heatmap"].max(axis=(2, 3)))
+
+    def detect(self, batch: np.ndarray, score_threshold: float = 0.05, top_k: int = 100) -> list:
+        """Per-tile :class:`models.detector.Detections` (boxes in tile input pixels)."""
+        if self.task != "detector":
+            raise ValueError(f"{self.bundle.ref} is a {self.task}: detect() needs a detector bundle")
+        from models.detector import decode_detections
+
+        batch = self._check(batch)
+        stride = int(self.bundle.arch_kwargs.get("stride", 8))
+        return decode_detections(
+            self.raw(batch),
+            score_threshold=score_threshold,
+            top_k=top_k,
+            input_size=batch.shape[2:],
+            stride=stride,
+        )
+
+
+def _resolve_folder(folder_or_ref: str | Path, task: str | None) -> Path:
+    path = Path(folder_or_ref)
+    if path.is_dir() or task is None:
+        return path
+    from models.refs import resolve_model_ref
+
+    return resolve_model_ref(str(folder_or_ref), task)
+
+
+def _onnx_path(bundle: ModelBundle) -> Path:
+    """The bundle's model.onnx, exported on first use (into a temp cache if the folder is read-only)."""
+    if bundle.onnx_path is not None:
+        return bundle.onnx_path
+    from models.onnx import export_onnx
+
+    try:
+        return export_onnx(bundle.folder)
+    except PermissionError:
+        cache = (
+            Path(tempfile.gettempdir()) / "loupe-onnx" / f"{bundle.name}-{bundle.version}-{bundle.created_at}"
+        )
+        return export_onnx(bundle.folder, cache / "model.onnx")
+
+
+def load_predictor(
+    folder_or_ref: str | Path,
+    backend: Backend = "torch",
+    device: Device = "cpu",
+    threads: int = 1,
+    task: str | None = None,
+) -> Predictor:
+    """Load a bundle folder (or a ref such as ``default`` / ``models:/loupe-classifier@champion`` with
+    ``task``) for inference.
+
+    ``device="auto"`` uses CUDA when available. ``threads`` pins torch's / ONNX Runtime's intra-op
+    threads (1 per worker process on the CPU). The ONNX backend exports ``model.onnx`` if the bundle
+    lacks one, and imports no torch when it has one.
+    """
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"backend must be 'torch' or 'onnx', got {backend!r}")
+    if device not in ("cpu", "cuda", "auto"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
+    bundle = load_bundle(_resolve_folder(folder_or_ref, task))
+    if task is not None and bundle.task != task:
+        raise ModelFileError(f"{bundle.folder}: holds a {bundle.task}, not a {task}; pass a {task} bundle")
+    if backend == "onnx":
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        want_cuda = device in ("cuda", "auto") and "CUDAExecutionProvider" in available
+        if device == "cuda" and not want_cuda:
+            raise RuntimeError(f"device='cuda' but ONNX Runtime offers only {available}; use device='cpu'")
+        from models.onnx import OnnxModel
+
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
+        )
+        runner = OnnxModel(_onnx_path(bundle), intra_op_num_threads=threads, providers=providers)
+        return Predictor(bundle, "onnx", "cuda" if want_cuda else "cpu", runner)
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA device; use device='cpu' or 'auto'")
+    resolved = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    if resolved == "cpu":
+        torch.set_num_threads(threads)
+    return Predictor(bundle, "torch", resolved, bundle.build_module(resolved))

@@ -1,0 +1,156 @@
+"""Evaluation metrics against cases computed by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from training.calibrate import calibrate_thresholds, fit_calibration, threshold_for_recall
+from training.evaluate import confusion_by_family, detection_map, family_metrics, flat_metrics
+
+FAMS = ("stitching", "logo", "label")
+
+
+def _case():
+    # stitching: ranked 0.9+ 0.8- 0.7+ 0.6+ 0.5- 0.4-  -> AUROC 7/9, AP (1 + 2/3 + 3/4)/3 = 29/36
+    s = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    y = np.array([1, 0, 1, 1, 0, 0], bool)
+    # logo: no defect anywhere -> AUROC/AP/recall undefined, false-flag rate 1/6 at 0.5
+    logo_s = np.array([0.1, 0.2, 0.6, 0.3, 0.2, 0.1])
+    # label: perfectly separated
+    label_s = np.array([0.95, 0.05, 0.9, 0.1, 0.2, 0.85])
+    label_y = np.array([1, 0, 1, 0, 0, 1], bool)
+    scores = np.stack([s, logo_s, label_s], axis=1)
+    labels = np.stack([y, np.zeros(6, bool), label_y], axis=1)
+    return scores, labels
+
+
+def test_family_metrics_match_hand_computed_values():
+    scores, labels = _case()
+    m = family_metrics(scores, labels, {"stitching": 0.65, "logo": 0.5, "label": 0.5}, FAMS)
+    st = m["stitching"]
+    assert st.auroc == pytest.approx(7 / 9)
+    assert st.average_precision == pytest.approx(29 / 36)
+    # flagged at 0.65: 0.9+, 0.8-, 0.7+  -> recall 2/3, false flags 1 of 3 good photos
+    assert st.recall == pytest.approx(2 / 3)
+    assert st.false_flag_rate == pytest.approx(1 / 3)
+    assert (st.n_positive, st.n_negative, st.flagged) == (3, 3, 3)
+    lg = m["logo"]
+    assert math.isnan(lg.auroc) and math.isnan(lg.average_precision) and math.isnan(lg.recall)
+    assert lg.false_flag_rate == pytest.approx(1 / 6)
+    lb = m["label"]
+    assert lb.auroc == 1.0 and lb.average_precision == 1.0 and lb.recall == 1.0 and lb.false_flag_rate == 0.0
+
+
+def test_flat_metrics_drop_nans_and_average_defined_families():
+    scores, labels = _case()
+    flat = flat_metrics(family_metrics(scores, labels, 0.5, FAMS))
+    assert "val/logo/auroc" not in flat
+    assert flat["val/mean_auroc"] == pytest.approx((7 / 9 + 1.0) / 2)
+
+
+def test_family_metrics_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="families"):
+        family_metrics(np.zeros((4, 2)), np.zeros((4, 2)), 0.5, FAMS)
+
+
+def test_confusion_counts():
+    scores, labels = _case()
+    c = confusion_by_family(scores, labels, {"stitching": 0.65, "logo": 0.5, "label": 0.5}, FAMS)
+    assert c["stitching"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}
+    assert c["logo"] == {"tp": 0, "fp": 1, "fn": 0, "tn": 5}
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_threshold_hits_target_recall_and_is_the_highest_that_does():
+    rng = np.random.default_rng(0)
+    labels = rng.random(400) < 0.3
+    scores = np.where(labels, rng.beta(5, 2, 400), rng.beta(2, 5, 400))
+    for target in (0.8, 0.95, 0.99, 1.0):
+        t = threshold_for_recall(scores, labels, target)
+        recall = (scores[labels] >= t).mean()
+        assert recall >= target
+        # any higher threshold (the next positive score up) loses the target
+        higher = np.sort(scores[labels][scores[labels] > t])
+        if higher.size:
+            assert (scores[labels] >= higher[0]).mean() < target
+
+
+def test_threshold_exact_small_case():
+    # 20 positives 0.01..0.20: recall 0.95 keeps 19 -> threshold 0.02
+    scores = np.arange(1, 21) / 100
+    assert threshold_for_recall(scores, np.ones(20, bool), 0.95) == pytest.approx(0.02)
+    assert math.isnan(threshold_for_recall(scores, np.zeros(20, bool), 0.95))
+    with pytest.raises(ValueError, match="target_recall"):
+        threshold_for_recall(scores, np.ones(20, bool), 1.5)
+
+
+def test_platt_calibration_is_monotonic_and_thresholds_keep_recall():
+    rng = np.random.default_rng(1)
+    n = 300
+    labels = np.stack([rng.random(n) < p for p in (0.3, 0.2, 0.0)], axis=1)
+    raw = np.where(labels, rng.beta(6, 2, (n, 3)), rng.beta(2, 4, (n, 3)))
+    cal = fit_calibration(raw, labels, FAMS)
+    assert cal["label"] == {"a": 1.0, "b": 0.0}  # one class only: identity
+    from training.calibrate import apply_calibration
+
+    probs = apply_calibration(raw, cal, FAMS)
+    order = np.argsort(raw[:, 0])
+    assert np.all(np.diff(probs[order, 0]) >= -1e-12)
+    th = calibrate_thresholds(probs, labels, FAMS, target_recall=0.95, review_recall=0.99)
+    for i, f in enumerate(FAMS[:2]):
+        assert (probs[labels[:, i], i] >= th[f]["flag"]).mean() >= 0.95
+        assert (probs[labels[:, i], i] >= th[f]["review"]).mean() >= 0.99
+        assert th[f]["review"] <= th[f]["flag"]
+    assert th["label"] == {"flag": 0.5, "review": 0.25}  # no positives: fallback
+
+
+# ------------------------------------------------------------------ mAP
+
+
+def _gt():
+    return {
+        "images": [{"id": 1, "width": 200, "height": 200}, {"id": 2, "width": 200, "height": 200}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "area": 2000, "iscrowd": 0},
+            {
+                "id": 2,
+                "image_id": 2,
+                "category_id": 1,
+                "bbox": [100, 100, 60, 30],
+                "area": 1800,
+                "iscrowd": 0,
+            },
+            {"id": 3, "image_id": 2, "category_id": 3, "bbox": [20, 120, 40, 40], "area": 1600, "iscrowd": 0},
+        ],
+        "categories": [{"id": 1, "name": "stitching"}, {"id": 2, "name": "logo"}, {"id": 3, "name": "label"}],
+    }
+
+
+def test_map_perfect_detections_is_one():
+    gt = _gt()
+    dets = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9}
+        for a in gt["annotations"]
+    ]
+    m = detection_map(gt, dets)
+    assert m.map50 == pytest.approx(1.0) and m.map50_95 == pytest.approx(1.0)
+    assert m.per_family["stitching"]["map50"] == pytest.approx(1.0)
+    assert math.isnan(m.per_family["logo"]["map50"])  # no ground truth for logo
+
+
+def test_map_one_of_two_missed_is_known_value():
+    gt = _gt()
+    gt["annotations"] = gt["annotations"][:2]  # two stitching boxes
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "score": 0.9}]
+    m = detection_map(gt, dets)
+    # recall reaches 0.5 at precision 1: 51 of COCO's 101 recall points score 1, the rest 0
+    assert m.map50 == pytest.approx(51 / 101)
+    assert m.map50_95 == pytest.approx(51 / 101)
+
+
+def test_map_no_detections_is_zero():
+    m = detection_map(_gt(), [])
+    assert m.map50 == 0.0 and m.per_family["label"]["map50"] == 0.0

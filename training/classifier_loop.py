@@ -1,0 +1,93 @@
+"""The tile classifier's loop: one epoch of training on cached crops, and crop-level validation.
+
+Multi-label: one sigmoid logit per family, binary cross-entropy; batches are balanced between crops
+with and without defects (:func:`training.data.balanced_batches`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import TileCache, load_batch
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cache: TileCache,
+    batches: list[np.ndarray],
+    pipeline: Any,
+    prep: Any,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    min_visible: float = 0.5,
+    log=None,
+    log_every: int = 20,
+) -> dict[str, float]:
+    """Train on ``batches`` (index arrays into the cache); returns mean loss and throughput."""
+    model.train()
+    total, seen, start = 0.0, 0, time.perf_counter()
+    for step, indices in enumerate(batches):
+        images, labels, *_ = load_batch(cache, indices, pipeline, prep, min_visible)
+        x = torch.from_numpy(images).to(device, non_blocking=True)
+        y = torch.from_numpy(labels).to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=scaler is not None):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"classifier loss is {loss.item()} at step {step}: lower the learning rate"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        total += loss.item() * len(indices)
+        seen += len(indices)
+        if log and log_every and (step + 1) % log_every == 0:
+            lr = scheduler.get_last_lr()[0]
+            log(f"  step {step + 1}/{len(batches)}  loss {total / seen:.4f}  lr {lr:.2e}")
+    elapsed = time.perf_counter() - start
+    return {"loss": total / max(seen, 1), "crops_per_s": seen / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+@torch.inference_mode()
+def crop_scores(
+    model: torch.nn.Module, cache: TileCache, prep: Any, device: torch.device, batch_size: int = 32
+) -> np.ndarray:
+    """Sigmoid scores N×F for every crop in the cache (no augmentation)."""
+    model.eval()
+    out = []
+    for start in range(0, len(cache), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(cache)))
+        images, *_ = load_batch(cache, idx, None, prep, 0.5)
+        out.append(torch.sigmoid(model(torch.from_numpy(images).to(device)).float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, cache.labels.shape[1]), np.float32)
+
+
+def evaluate_crops(
+    model: torch.nn.Module, cache: TileCache, prep: Any, device: torch.device, families: list[str]
+) -> dict[str, float]:
+    """Crop-level validation: BCE loss and per-family AP/AUROC; ``score`` (mean AP) drives early stopping."""
+    from training.evaluate import family_metrics, flat_metrics
+
+    scores = crop_scores(model, cache, prep, device)
+    labels = cache.labels.astype(bool)
+    eps = 1e-6
+    loss = float(-np.mean(labels * np.log(scores + eps) + (~labels) * np.log(1 - scores + eps)))
+    flat = flat_metrics(family_metrics(scores, labels, 0.5, families), prefix="val_crops")
+    flat["val_crops/loss"] = loss
+    flat["score"] = flat.get("val_crops/mean_average_precision", -loss)
+    return flat

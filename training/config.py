@@ -1,0 +1,119 @@
+"""Training recipes: the pydantic model behind ``configs/train_*.yaml`` and ``configs/finetune_*.yaml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cv.prep import PrepSettings
+from models.registry import ModelSpec
+
+TASKS = ("classifier", "detector")
+DEFAULT_CONFIGS = {"classifier": "train_classifier.yaml", "detector": "train_detector.yaml"}
+
+
+class CacheSettings(BaseModel):
+    """How training crops are cut from the working-scale photos (once per dataset version + prep)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crops_per_box: int = Field(3, ge=1, description="jittered crops around every defect box")
+    negatives_per_photo: int = Field(3, ge=0, description="random crops per photo (most are defect-free)")
+    lookalike_crops: int = Field(
+        1, ge=0, description="crops per recorded non-defect look-alike (hard negatives)"
+    )
+    scale_jitter: tuple[float, float] = Field(
+        (0.8, 1.25), description="crop side = tile_size × s (log-uniform): the px/mm range the models see"
+    )
+    centre_jitter: float = Field(
+        0.3, ge=0, le=0.5, description="box centre offset, fraction of the crop side"
+    )
+    min_visible: float = Field(0.5, gt=0, le=1, description="share of a box inside a crop for it to count")
+    max_photos: int | None = Field(None, ge=1, description="cap on training photos (quick runs)")
+
+    @model_validator(mode="after")
+    def _check(self) -> CacheSettings:
+        lo, hi = self.scale_jitter
+        if not 0 < lo <= hi:
+            raise ValueError(
+                f"scale_jitter must be (low, high) with 0 < low <= high, got {self.scale_jitter}"
+            )
+        return self
+
+
+class CalibrationSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_recall: float = Field(0.95, gt=0, le=1, description="'flag' threshold keeps this recall on val")
+    review_recall: float = Field(0.99, gt=0, le=1, description="'review' threshold keeps this recall on val")
+
+
+class DetectorSettings(BaseModel):
+    """Decoding and merging of detections, saved with a detector bundle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score_threshold: float = Field(0.1, ge=0, le=1)
+    top_k: int = Field(50, ge=1, description="peaks kept per tile")
+    merge_iou: float = Field(
+        0.5, gt=0, le=1, description="tile-border merge threshold (intersection/smaller)"
+    )
+    loss_weights: dict[str, float] = Field(default_factory=dict, description="heatmap/size/offset/subtype")
+
+
+class EarlyStopping(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    patience: int = Field(3, ge=1, description="epochs without improvement before stopping")
+    min_delta: float = Field(0.001, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """One training recipe; every field is logged to MLflow and saved in the bundle."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classifier", "detector"]
+    model: ModelSpec
+    prep: PrepSettings = PrepSettings()
+    cache: CacheSettings = CacheSettings()
+    augment: str | None = Field("augment_train", description="augmentation config in configs/, or null")
+    epochs: int = Field(8, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: one pass over the training crops")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "onecycle"] = "onecycle"
+    positive_fraction: float = Field(0.5, gt=0, lt=1, description="share of crops with a defect per batch")
+    early_stopping: EarlyStopping = EarlyStopping()
+    calibration: CalibrationSettings = CalibrationSettings()
+    detector: DetectorSettings = DetectorSettings()
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="used when the manifest has no val split")
+    max_val_photos: int | None = Field(None, ge=1, description="cap on validation photos (quick runs)")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    num_threads: int = Field(2, ge=1, description="torch threads on the CPU")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
+    experiment: str | None = Field(None, description="MLflow experiment; default loupe-<task>")
+
+    def model_kwargs(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {**self.model.kwargs, **(overrides or {})}
+
+
+def load_train_config(
+    name_or_path: str | Path | None, task: str, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Load a recipe (default ``configs/train_<task>.yaml``) and check it is for ``task``."""
+    from configs import ConfigError, load_config
+
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    config = load_config(name_or_path or DEFAULT_CONFIGS[task], TrainConfig, overrides)
+    if config.task != task:
+        raise ConfigError(
+            f"{name_or_path}: is a {config.task} recipe but `loupe train {task}` was asked; "
+            f"pass --config {DEFAULT_CONFIGS[task]} or a {task} recipe"
+        )
+    return config

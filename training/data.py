@@ -1,0 +1,411 @@
+"""Training data: a tile cache cut once per (dataset version, prep, cache settings), and balanced batches.
+
+Decoding a 12 MP JPEG costs more than a training step, so each training photo is decoded once at
+working scale and cut into crops: several jittered crops around every defect box (with a random
+scale, so the models see threads at a range of px/mm), crops around recorded non-defect
+look-alikes (hard negatives), and random crops. Crops are stored uint8 at the network input size
+with their boxes (clipped, in crop pixels), family labels and subtypes under ``$LOUPE_DATA/cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.taxonomy import FAMILIES, SUBTYPE_FAMILY, SUBTYPES
+
+# Crop kinds, kept so batches can be balanced and hard negatives counted.
+RANDOM, POSITIVE, LOOKALIKE = 0, 1, 2
+CACHE_FORMAT = 1
+# Subtype index -> name, for the detector's subtype head: every subtype of every family, in taxonomy order.
+SUBTYPE_NAMES: tuple[str, ...] = tuple(s for f in FAMILIES for s in SUBTYPES[f])
+SUBTYPE_INDEX: dict[str, int] = {s: i for i, s in enumerate(SUBTYPE_NAMES)}
+# Keys under which a generated image may record its non-defect look-alikes (boxes, COCO xywh).
+LOOKALIKE_KEYS = ("lookalikes", "look_alikes", "hard_negatives")
+
+
+@dataclass
+class TileCache:
+    """Training crops in memory (``crops`` may be a read-only memmap)."""
+
+    crops: np.ndarray  # (N, S, S, 3) uint8, S = prep.input_size
+    labels: np.ndarray  # (N, F) uint8: family present (≥ min_visible of a box inside, or box fills the crop)
+    kinds: np.ndarray  # (N,) RANDOM / POSITIVE / LOOKALIKE
+    photo_ids: np.ndarray  # (N,) COCO image id the crop came from
+    boxes: list[np.ndarray]  # per crop (K, 4) xyxy float32 in crop (input) pixels
+    box_families: list[np.ndarray]  # per crop (K,) family index
+    box_subtypes: list[np.ndarray]  # per crop (K,) index into SUBTYPE_NAMES, -1 unknown
+    folder: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "crops": len(self),
+            "positive": int((self.kinds == POSITIVE).sum()),
+            "lookalike": int((self.kinds == LOOKALIKE).sum()),
+            "random": int((self.kinds == RANDOM).sum()),
+            **{f"with_{f}": int(self.labels[:, i].sum()) for i, f in enumerate(FAMILIES)},
+        }
+
+
+def cache_key(data_version: str, prep: dict, settings: dict, image_ids: list[int], seed: int) -> str:
+    """A short hash of everything that changes the crops."""
+    blob = json.dumps(
+        {
+            "format": CACHE_FORMAT,
+            "data": data_version,
+            "prep": prep,
+            "cache": settings,
+            "ids": sorted(image_ids),
+            "seed": seed,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_working_photo(path: Path, prep: Any) -> np.ndarray:
+    """Decode a photo reduced and bring it to the working scale of ``prep`` (uint8 RGB)."""
+    from cv.decode import decode_photo
+    from cv.prep import to_working_scale
+
+    photo = decode_photo(path, min_long_side=prep.work_long_side)
+    rgb_work, _ = to_working_scale(photo.rgb, prep)
+    return rgb_work
+
+
+def photo_boxes_work(
+    image: dict, annotations: list[dict], work_shape: tuple[int, ...]
+) -> tuple[np.ndarray, ...]:
+    """Annotation boxes in working-scale xyxy pixels, with family and subtype indices."""
+    h, w = work_shape[:2]
+    width = image.get("width") or w
+    height = image.get("height") or h
+    sx, sy = w / width, h / height
+    boxes, fams, subs = [], [], []
+    for a in annotations:
+        x, y, bw, bh = (float(v) for v in a["bbox"])
+        if bw <= 0 or bh <= 0:
+            continue
+        family = a.get("family") or FAMILIES[int(a["category_id"]) - 1]
+        boxes.append([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
+        fams.append(FAMILIES.index(family))
+        sub = a.get("subtype")
+        subs.append(SUBTYPE_INDEX[sub] if sub in SUBTYPE_INDEX and SUBTYPE_FAMILY[sub] == family else -1)
+    return (
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(fams, np.int64),
+        np.asarray(subs, np.int64),
+    )
+
+
+def lookalike_boxes_work(image: dict, work_shape: tuple[int, ...]) -> np.ndarray:
+    """Recorded look-alike regions (COCO xywh in photo pixels, or dicts with ``bbox``) in working xyxy."""
+    h, w = work_shape[:2]
+    sx, sy = w / (image.get("width") or w), h / (image.get("height") or h)
+    out = []
+    for key in LOOKALIKE_KEYS:
+        for item in image.get(key) or []:
+            box = item.get("bbox") if isinstance(item, dict) else item
+            if box is None or len(box) != 4:
+                continue
+            x, y, bw, bh = (float(v) for v in box)
+            out.append([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
+    return np.asarray(out, np.float32).reshape(-1, 4)
+
+
+def crop_targets(
+    boxes: np.ndarray,
+    fams: np.ndarray,
+    subs: np.ndarray,
+    crop_xyxy: tuple[float, float, float, float],
+    out_size: int,
+    min_visible: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes seen by a crop (clipped, in ``out_size`` crop pixels) and the crop's family labels.
+
+    A box counts when ≥ ``min_visible`` of its area is inside the crop, or when its visible part
+    covers ≥ ``min_visible`` of the crop (a defect larger than a tile, e.g. a missing label on a carton).
+    """
+    x0, y0, x1, y1 = crop_xyxy
+    side = x1 - x0
+    labels = np.zeros(len(FAMILIES), np.uint8)
+    if len(boxes) == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), labels
+    clipped = np.stack(
+        [
+            boxes[:, 0].clip(x0, x1),
+            boxes[:, 1].clip(y0, y1),
+            boxes[:, 2].clip(x0, x1),
+            boxes[:, 3].clip(y0, y1),
+        ],
+        axis=1,
+    )
+    vis = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = (vis >= min_visible * np.maximum(area, 1e-6)) | (vis >= min_visible * side * side)
+    keep &= vis > 0
+    labels[np.unique(fams[keep])] = 1
+    k = (clipped[keep] - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)
+    return k.astype(np.float32), fams[keep], subs[keep], labels
+
+
+def _place_crop(cx: float, cy: float, side: float, w: int, h: int) -> tuple[float, float, float, float]:
+    """A square crop of ``side`` centred near (cx, cy), shifted to lie inside the photo where it fits."""
+    x0 = min(max(cx - side / 2, 0.0), max(w - side, 0.0)) if side <= w else (w - side) / 2
+    y0 = min(max(cy - side / 2, 0.0), max(h - side, 0.0)) if side <= h else (h - side) / 2
+    return x0, y0, x0 + side, y0 + side
+
+
+def _cut(rgb: np.ndarray, crop_xyxy: tuple[float, float, float, float], out_size: int) -> np.ndarray:
+    """Cut and resize a crop; parts outside the photo are padded with the letterbox grey, as tiles are."""
+    import cv2
+
+    from cv.prep import LETTERBOX_FILL
+
+    x0, y0, x1, y1 = (round(v) for v in crop_xyxy)
+    h, w = rgb.shape[:2]
+    side = x1 - x0
+    canvas = np.full((side, side, 3), LETTERBOX_FILL, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    if side == out_size:
+        return canvas
+    interp = cv2.INTER_AREA if side > out_size else cv2.INTER_LINEAR
+    return cv2.resize(canvas, (out_size, out_size), interpolation=interp)
+
+
+def crops_from_photo(
+    rgb_work: np.ndarray,
+    boxes: np.ndarray,
+    fams: np.ndarray,
+    subs: np.ndarray,
+    lookalikes: np.ndarray,
+    prep: Any,
+    settings: Any,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]]:
+    """All crops of one photo: (crop, boxes, families, subtypes, labels, kind)."""
+    h, w = rgb_work.shape[:2]
+    lo, hi = settings.scale_jitter
+    out_size = prep.input_size
+
+    def side() -> float:
+        return prep.tile_size * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+    def make(cx: float, cy: float, s: float, kind: int):
+        xyxy = _place_crop(cx, cy, s, w, h)
+        b, f, sb, labels = crop_targets(boxes, fams, subs, xyxy, out_size, settings.min_visible)
+        return _cut(rgb_work, xyxy, out_size), b, f, sb, labels, kind
+
+    crops = []
+    for box in boxes:
+        bcx, bcy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        for _ in range(settings.crops_per_box):
+            s = side()
+            j = settings.centre_jitter * s
+            crops.append(make(bcx + rng.uniform(-j, j), bcy + rng.uniform(-j, j), s, POSITIVE))
+    for box in lookalikes:
+        bcx, bcy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        for _ in range(settings.lookalike_crops):
+            s = side()
+            j = settings.centre_jitter * s
+            crops.append(make(bcx + rng.uniform(-j, j), bcy + rng.uniform(-j, j), s, LOOKALIKE))
+    for _ in range(settings.negatives_per_photo):
+        s = side()
+        crops.append(make(rng.uniform(0, w), rng.uniform(0, h), s, RANDOM))
+    return crops
+
+
+def build_tile_cache(
+    dataset: Any,
+    image_ids: list[int],
+    prep: Any,
+    settings: Any,
+    cache_root: Path,
+    data_version: str,
+    seed: int = 0,
+    log=print,
+) -> TileCache:
+    """Load the cache for these photos and settings, or cut it (once) and store it under ``cache_root``."""
+    from datasets.coco import annotations_by_image
+
+    prep_d = prep.model_dump(mode="json")
+    settings_d = settings.model_dump(mode="json")
+    key = cache_key(data_version, prep_d, settings_d, image_ids, seed)
+    folder = Path(cache_root) / f"tiles-{data_version}-{key}"
+    if (folder / "meta.json").is_file():
+        return load_tile_cache(folder)
+    images = {im["id"]: im for im in dataset.coco["images"]}
+    anns = annotations_by_image(dataset.coco)
+    rng = np.random.default_rng(seed)
+    ids = sorted(image_ids)
+    if settings.max_photos:
+        ids = ids[: settings.max_photos]
+    items = []
+    for n, image_id in enumerate(ids):
+        image = images[image_id]
+        rgb = load_working_photo(dataset.image_path(image), prep)
+        boxes, fams, subs = photo_boxes_work(image, anns.get(image_id, []), rgb.shape)
+        looks = lookalike_boxes_work(image, rgb.shape)
+        for crop in crops_from_photo(rgb, boxes, fams, subs, looks, prep, settings, rng):
+            items.append((*crop, image_id))
+        if log and (n + 1) % 50 == 0:
+            log(f"tile cache: {n + 1}/{len(ids)} photos, {len(items)} crops")
+    if not items:
+        raise ValueError(
+            f"no training crops from {len(ids)} photos: the dataset's train split is empty; "
+            "give a dataset with photos, or a larger val_fraction split"
+        )
+    return _write_cache(folder, items, {"data_version": data_version, "prep": prep_d, "cache": settings_d})
+
+
+def _write_cache(folder: Path, items: list, meta: dict) -> TileCache:
+    tmp = folder.with_name(folder.name + ".partial")
+    tmp.mkdir(parents=True, exist_ok=True)
+    crops = np.stack([it[0] for it in items])
+    np.save(tmp / "crops.npy", crops)
+    offsets = np.cumsum([0] + [len(it[1]) for it in items])
+    np.savez(
+        tmp / "targets.npz",
+        labels=np.stack([it[4] for it in items]),
+        kinds=np.asarray([it[5] for it in items], np.int64),
+        photo_ids=np.asarray([it[6] for it in items], np.int64),
+        boxes=np.concatenate([it[1] for it in items]).reshape(-1, 4),
+        box_families=np.concatenate([it[2] for it in items]),
+        box_subtypes=np.concatenate([it[3] for it in items]),
+        offsets=offsets,
+    )
+    (tmp / "meta.json").write_text(json.dumps({**meta, "crops": len(items)}, indent=1), encoding="utf-8")
+    if folder.exists():  # a concurrent build finished first; theirs is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(folder)
+    return load_tile_cache(folder)
+
+
+def load_tile_cache(folder: Path) -> TileCache:
+    folder = Path(folder)
+    t = np.load(folder / "targets.npz")
+    off = t["offsets"]
+    split = lambda a: [a[off[i] : off[i + 1]] for i in range(len(off) - 1)]  # noqa: E731
+    return TileCache(
+        crops=np.load(folder / "crops.npy", mmap_mode="r"),
+        labels=t["labels"],
+        kinds=t["kinds"],
+        photo_ids=t["photo_ids"],
+        boxes=split(t["boxes"].astype(np.float32)),
+        box_families=split(t["box_families"]),
+        box_subtypes=split(t["box_subtypes"]),
+        folder=folder,
+    )
+
+
+# ------------------------------------------------------------------------------------------ batches
+
+
+def balanced_batches(
+    cache: TileCache, batch_size: int, positive_fraction: float, steps: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Index batches with ``positive_fraction`` crops holding a defect, the rest defect-free.
+
+    Positives are drawn so every family is about equally frequent (stitching is most of the boxes);
+    negatives favour look-alikes (hard negatives) at about a third of the negative share when there are any.
+    """
+    has_defect = cache.labels.any(axis=1)
+    pos = np.flatnonzero(has_defect)
+    neg = np.flatnonzero(~has_defect)
+    if len(pos) == 0 or len(neg) == 0:
+        pool = np.arange(len(cache))
+        for _ in range(steps):
+            yield rng.choice(pool, size=batch_size, replace=len(pool) < batch_size)
+        return
+    # Weight a positive crop by the rarest family it shows.
+    fam_counts = cache.labels[pos].sum(axis=0).astype(np.float64)
+    inv = np.where(fam_counts > 0, 1.0 / np.maximum(fam_counts, 1), 0.0)
+    pos_w = (cache.labels[pos] * inv).max(axis=1)
+    pos_w /= pos_w.sum()
+    hard = cache.kinds[neg] == LOOKALIKE
+    neg_w = np.ones(len(neg))
+    if hard.any() and (~hard).any():
+        neg_w[hard] = (1 / 3) / hard.sum()
+        neg_w[~hard] = (2 / 3) / (~hard).sum()
+    neg_w /= neg_w.sum()
+    n_pos = max(1, round(batch_size * positive_fraction))
+    for _ in range(steps):
+        batch = np.concatenate(
+            [rng.choice(pos, size=n_pos, p=pos_w), rng.choice(neg, size=batch_size - n_pos, p=neg_w)]
+        )
+        rng.shuffle(batch)
+        yield batch
+
+
+def augment_crop(
+    pipeline: Any, crop: np.ndarray, boxes: np.ndarray, fams: np.ndarray, subs: np.ndarray, min_visible: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Augment one crop with a box-aware albumentations pipeline; recompute its family labels.
+
+    A family stays present when at least one of its boxes survives (albumentations drops boxes cut
+    below the pipeline's min_visibility). Returns crop, boxes xyxy, families, subtypes, labels.
+    """
+    size = crop.shape[0]
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+    out = pipeline(
+        image=np.ascontiguousarray(crop),
+        bboxes=xywh.reshape(-1, 4).astype(np.float32),
+        category_ids=fams.tolist(),
+        ann_index=list(range(len(boxes))),
+    )
+    image = out["image"]
+    if image.shape[:2] != (size, size):  # a crop-type transform changed the size: back to the input size
+        import cv2
+
+        sx, sy = size / image.shape[1], size / image.shape[0]
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    else:
+        sx = sy = 1.0
+    idx = np.asarray(out["ann_index"], np.int64)
+    b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+    b = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy], axis=1)
+    labels = np.zeros(len(FAMILIES), np.uint8)
+    labels[np.unique(fams[idx])] = 1
+    return image, b.astype(np.float32), fams[idx], subs[idx], labels
+
+
+def load_batch(
+    cache: TileCache, indices: np.ndarray, pipeline: Any | None, prep: Any, min_visible: float
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Normalised float32 NCHW crops, N×F labels, and per-crop boxes/families/subtypes (augmented)."""
+    from cv.prep import normalise
+
+    images, labels, boxes, fams, subs = [], [], [], [], []
+    for i in indices:
+        crop, b, f, s, y = (
+            np.asarray(cache.crops[i]),
+            cache.boxes[i],
+            cache.box_families[i],
+            cache.box_subtypes[i],
+            cache.labels[i],
+        )
+        if pipeline is not None:
+            # Labels follow the boxes that survive the transforms (every cached label has its box).
+            crop, b, f, s, y = augment_crop(pipeline, crop, b, f, s, min_visible)
+        images.append(crop)
+        labels.append(y)
+        boxes.append(b)
+        fams.append(f)
+        subs.append(s)
+    return normalise(np.stack(images), prep), np.stack(labels).astype(np.float32), boxes, fams, subs

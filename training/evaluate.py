@@ -1,0 +1,351 @@
+"""Evaluation: per-family image-level metrics (scikit-learn) and detector mAP (pycocotools COCOeval).
+
+The metric functions take plain arrays / COCO dicts so they can be checked by hand; the
+``evaluate_*`` functions run a model over a dataset's photos (through :mod:`models.photo`, the one
+place photo-level inference lives) and feed them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from datasets.taxonomy import CATEGORY_IDS, FAMILIES
+
+
+@dataclass
+class FamilyMetrics:
+    """Image-level metrics of one defect family on one set of photos."""
+
+    family: str
+    n_positive: int
+    n_negative: int
+    auroc: float  # nan when only one class is present
+    average_precision: float  # nan without positives
+    threshold: float
+    recall: float  # nan without positives
+    false_flag_rate: float  # good-for-this-family photos flagged; nan without negatives
+    flagged: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def family_metrics(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    thresholds: dict[str, float] | float,
+    families: tuple[str, ...] | list[str] = FAMILIES,
+) -> dict[str, FamilyMetrics]:
+    """Per-family AUROC, AP, recall and false-flag rate at the threshold.
+
+    ``scores``: N×F per-photo scores (calibrated probabilities or raw, matching ``thresholds``);
+    ``labels``: N×F booleans (family present in the photo); ``thresholds``: one per family or one for all.
+    A photo is flagged for a family when its score is ≥ the threshold.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if scores.ndim != 2 or scores.shape != labels.shape or scores.shape[1] != len(families):
+        raise ValueError(
+            f"scores and labels must both be (photos, {len(families)} families); "
+            f"got {scores.shape} and {labels.shape}"
+        )
+    out: dict[str, FamilyMetrics] = {}
+    for i, family in enumerate(families):
+        s, y = scores[:, i], labels[:, i]
+        t = float(thresholds[family] if isinstance(thresholds, dict) else thresholds)
+        flagged = s >= t
+        n_pos, n_neg = int(y.sum()), int((~y).sum())
+        both = n_pos > 0 and n_neg > 0
+        out[family] = FamilyMetrics(
+            family=family,
+            n_positive=n_pos,
+            n_negative=n_neg,
+            auroc=float(roc_auc_score(y, s)) if both else math.nan,
+            average_precision=float(average_precision_score(y, s)) if n_pos else math.nan,
+            threshold=t,
+            recall=float((flagged & y).sum() / n_pos) if n_pos else math.nan,
+            false_flag_rate=float((flagged & ~y).sum() / n_neg) if n_neg else math.nan,
+            flagged=int(flagged.sum()),
+        )
+    return out
+
+
+def flat_metrics(per_family: dict[str, FamilyMetrics], prefix: str = "val") -> dict[str, float]:
+    """``{"val/stitching/auroc": ..., "val/mean_auroc": ...}`` for logging; NaNs dropped."""
+    flat: dict[str, float] = {}
+    for family, m in per_family.items():
+        for key in ("auroc", "average_precision", "recall", "false_flag_rate", "threshold"):
+            value = getattr(m, key)
+            if not math.isnan(value):
+                flat[f"{prefix}/{family}/{key}"] = float(value)
+    for key in ("auroc", "average_precision"):
+        values = [getattr(m, key) for m in per_family.values() if not math.isnan(getattr(m, key))]
+        if values:
+            flat[f"{prefix}/mean_{key}"] = float(np.mean(values))
+    return flat
+
+
+def confusion_by_family(
+    scores: np.ndarray, labels: np.ndarray, thresholds: dict[str, float], families
+) -> dict:
+    """Per-family 2×2 counts ``{"tp", "fp", "fn", "tn"}`` at the thresholds (for the model card / plots)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    out = {}
+    for i, family in enumerate(families):
+        flagged = scores[:, i] >= thresholds[family]
+        y = labels[:, i]
+        out[family] = {
+            "tp": int((flagged & y).sum()),
+            "fp": int((flagged & ~y).sum()),
+            "fn": int((~flagged & y).sum()),
+            "tn": int((~flagged & ~y).sum()),
+        }
+    return out
+
+
+# --------------------------------------------------------------------------------------------- mAP
+
+
+@dataclass
+class DetectionMetrics:
+    """COCO box metrics on photo-level detections; per class keyed by family."""
+
+    map50: float
+    map50_95: float
+    per_family: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def flat(self, prefix: str = "val") -> dict[str, float]:
+        flat = {f"{prefix}/map50": self.map50, f"{prefix}/map50_95": self.map50_95}
+        for family, m in self.per_family.items():
+            for key, value in m.items():
+                if not math.isnan(value):
+                    flat[f"{prefix}/{family}/{key}"] = value
+        return {k: v for k, v in flat.items() if not math.isnan(v)}
+
+
+def detection_map(gt: dict, detections: list[dict]) -> DetectionMetrics:
+    """mAP@0.5 and mAP@[.5:.95], overall and per family, with pycocotools' COCOeval.
+
+    ``gt``: a COCO dict in the internal format (images, annotations with category_id, categories);
+    ``detections``: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`` in photo pixels.
+    Classes without ground truth get nan (COCOeval's -1) and are left out of the means.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = {
+        "images": [
+            {"id": im["id"], "width": im.get("width", 0), "height": im.get("height", 0)}
+            for im in gt["images"]
+        ],
+        "annotations": [
+            {
+                "id": a.get("id", i + 1),
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [float(v) for v in a["bbox"]],
+                "area": float(a.get("area") or a["bbox"][2] * a["bbox"][3]),
+                "iscrowd": int(a.get("iscrowd", 0)),
+            }
+            for i, a in enumerate(gt.get("annotations", []))
+        ],
+        "categories": gt.get("categories") or [{"id": i, "name": f} for f, i in CATEGORY_IDS.items()],
+    }
+    cat_names = {c["id"]: c["name"] for c in gt["categories"]}
+    if not gt["annotations"]:
+        return DetectionMetrics(
+            math.nan, math.nan, {n: {"map50": math.nan, "map50_95": math.nan} for n in cat_names.values()}
+        )
+    with contextlib.redirect_stdout(io.StringIO()):  # COCO prints progress chatter
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        dets = [
+            {
+                "image_id": d["image_id"],
+                "category_id": d["category_id"],
+                "bbox": [float(v) for v in d["bbox"]],
+                "score": float(d["score"]),
+            }
+            for d in detections
+        ]
+        coco_dt = coco_gt.loadRes(dets) if dets else COCO()
+        if not dets:
+            coco_dt.dataset = {"images": gt["images"], "annotations": [], "categories": gt["categories"]}
+            coco_dt.createIndex()
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+    # precision: [T ious, R recall points, K classes, A area ranges, M max dets]; area "all", 100 dets.
+    precision = ev.eval["precision"][:, :, :, 0, -1]
+    iou_50 = int(np.argmin(np.abs(ev.params.iouThrs - 0.5)))
+
+    def _mean(p: np.ndarray) -> float:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else math.nan
+
+    per_family = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        per_family[cat_names[cat_id]] = {
+            "map50": _mean(precision[iou_50, :, k]),
+            "map50_95": _mean(precision[:, :, k]),
+        }
+    # Means over classes that have ground truth (as COCOeval.summarize does).
+    return DetectionMetrics(
+        map50=_mean(precision[iou_50]),
+        map50_95=_mean(precision),
+        per_family=per_family,
+    )
+
+
+# ------------------------------------------------------------------------------ on whole photos
+
+
+@dataclass
+class PhotoRun:
+    """A model run over validation photos: raw family scores, truth, and (detector) photo-level boxes."""
+
+    families: list[str]
+    image_ids: list[int]
+    raw: np.ndarray  # N×F raw photo scores (classifier: max over tiles; detector: best box)
+    labels: np.ndarray  # N×F booleans
+    detections: list[dict] = field(default_factory=list)  # COCO results in photo pixels (detector)
+    panels: list[tuple[np.ndarray, str]] = field(default_factory=list)  # drawn thumbnails for MLflow
+
+
+def photo_labels(image: dict, annotations: list[dict], families: list[str] | tuple[str, ...]) -> np.ndarray:
+    """Families present in a photo: its image-level ``labels`` plus the families of its boxes."""
+    present = set(image.get("labels") or [])
+    present |= {a.get("family") or FAMILIES[int(a["category_id"]) - 1] for a in annotations}
+    return np.array([f in present for f in families], bool)
+
+
+def run_on_photos(
+    dataset,
+    image_ids: list[int],
+    predictor,
+    prep,
+    n_panels: int = 8,
+    log=None,
+) -> PhotoRun:
+    """Run a classifier or detector predictor over photos the way serving does (:mod:`models.photo`)."""
+    from cv.draw import draw_findings, thumbnail
+    from datasets.coco import annotations_by_image
+    from models.photo import as_prep, detect_photo, score_photo
+    from training.data import load_working_photo
+
+    prep = as_prep(prep)
+    families = list(predictor.families)
+    images = {im["id"]: im for im in dataset.coco["images"]}
+    anns = annotations_by_image(dataset.coco)
+    raw, labels, dets, panels = [], [], [], []
+    for n, image_id in enumerate(image_ids):
+        image = images[image_id]
+        rgb = load_working_photo(dataset.image_path(image), prep)
+        labels.append(photo_labels(image, anns.get(image_id, []), families))
+        to_photo = (image.get("width") or rgb.shape[1]) / rgb.shape[1]
+        findings = []
+        if predictor.task == "classifier":
+            scores = score_photo(rgb, predictor, prep)
+            raw.append(scores.raw)
+            for f in families:
+                if scores.raw[families.index(f)] >= 0.5:
+                    t = scores.tiles[scores.best_tile[f]]
+                    findings.append(
+                        {"family": f, "score": float(scores.raw[families.index(f)]), "box": t.xyxy}
+                    )
+        else:
+            found = detect_photo(rgb, predictor, prep)
+            best = np.zeros(len(families), np.float32)
+            for box, score, family, subtype in found:
+                k = families.index(family)
+                best[k] = max(best[k], score)
+                x0, y0, x1, y1 = (v * to_photo for v in box)
+                dets.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": CATEGORY_IDS[family],
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                    }
+                )
+                if score >= 0.3:
+                    findings.append({"family": family, "subtype": subtype, "score": score, "box": box})
+            raw.append(best)
+        if len(panels) < n_panels:
+            truth = ",".join(f for f, y in zip(families, labels[-1], strict=True) if y) or "good"
+            panels.append((thumbnail(draw_findings(rgb, findings), 480), f"#{image_id} truth: {truth}"))
+        if log and (n + 1) % 25 == 0:
+            log(f"  evaluated {n + 1}/{len(image_ids)} photos")
+    return PhotoRun(
+        families=families,
+        image_ids=list(image_ids),
+        raw=np.asarray(raw, np.float32).reshape(-1, len(families)),
+        labels=np.asarray(labels, bool).reshape(-1, len(families)),
+        detections=dets,
+        panels=panels,
+    )
+
+
+def ground_truth(dataset, image_ids: list[int]) -> dict:
+    """The dataset's COCO dict restricted to ``image_ids`` (for :func:`detection_map`)."""
+    ids = set(image_ids)
+    return {
+        "images": [im for im in dataset.coco["images"] if im["id"] in ids],
+        "annotations": [a for a in dataset.coco.get("annotations", []) if a["image_id"] in ids],
+        "categories": dataset.coco.get("categories") or [],
+    }
+
+
+def photo_report(
+    run: PhotoRun, calibration: dict, thresholds: dict[str, dict[str, float]], gt: dict | None = None
+) -> dict:
+    """Metrics of a photo run at the bundle's calibration and "flag" thresholds (+ mAP for a detector)."""
+    from models.photo import calibrate_scores
+
+    probs = calibrate_scores(run.raw, calibration, run.families)
+    flag = {f: thresholds.get(f, {}).get("flag", 0.5) for f in run.families}
+    per_family = family_metrics(probs, run.labels, flag, run.families)
+    report = {
+        "photos": len(run.image_ids),
+        "per_family": {f: m.as_dict() for f, m in per_family.items()},
+        "confusion": confusion_by_family(probs, run.labels, flag, run.families),
+        "flat": flat_metrics(per_family, prefix="val"),
+    }
+    if gt is not None and run.detections is not None and gt.get("annotations"):
+        m = detection_map(gt, run.detections)
+        report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
+        report["flat"].update(m.flat(prefix="val"))
+    return report
+
+
+def format_report(report: dict) -> str:
+    """A small table for the terminal."""
+    lines = [f"photos: {report['photos']}"]
+    lines.append(
+        f"{'family':<10}{'pos':>5}{'neg':>5}{'AUROC':>8}{'AP':>8}{'thresh':>8}{'recall':>8}{'false-flag':>12}"
+    )
+    for f, m in report["per_family"].items():
+
+        def fmt(v: float) -> str:
+            return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+        lines.append(
+            f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{fmt(m['average_precision']):>8}"
+            f"{m['threshold']:>8.3f}{fmt(m['recall']):>8}{fmt(m['false_flag_rate']):>12}"
+        )
+    if "map" in report:
+        mp = report["map"]
+        lines.append(f"detector mAP@0.5 {mp['map50']:.3f}   mAP@[.5:.95] {mp['map50_95']:.3f}")
+        for f, v in mp["per_family"].items():
+            if not math.isnan(v["map50"]):
+                lines.append(f"  {f:<10} mAP@0.5 {v['map50']:.3f}   mAP@[.5:.95] {v['map50_95']:.3f}")
+    return "\n".join(lines)
