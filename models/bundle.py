@@ -78,6 +78,16 @@ class ModelBundle(BaseModel):
                 f"bundle format {self.format_version} is newer than this Loupe reads ({FORMAT_VERSION}): "
                 "upgrade Loupe"
             )
+        n_classes = self.arch_kwargs.get("num_classes")
+        if n_classes is not None and n_classes != len(self.families):
+            raise ValueError(
+                f"arch_kwargs num_classes={n_classes} but {len(self.families)} families {self.families}"
+            )
+        n_subtypes = self.arch_kwargs.get("num_subtypes")
+        if self.subtypes and n_subtypes is not None and n_subtypes != len(self.subtypes):
+            raise ValueError(
+                f"arch_kwargs num_subtypes={n_subtypes} but {len(self.subtypes)} subtypes listed"
+            )
         for family, t in self.thresholds.items():
             if family not in self.families:
                 raise ValueError(f"thresholds for {family!r}, which is not one of families {self.families}")

@@ -26,7 +26,7 @@ PARITY_ATOL = 1e-3
 
 
 def output_names(bundle: ModelBundle) -> tuple[str, ...]:
-    from models.detector import OUTPUT_NAMES
+    from models.decode import OUTPUT_NAMES
 
     if bundle.task == "classifier":
         return CLASSIFIER_OUTPUTS

@@ -79,7 +79,7 @@ class Predictor:
         """Per-tile :class:`models.detector.Detections` (boxes in tile input pixels)."""
         if self.task != "detector":
             raise ValueError(f"{self.bundle.ref} is a {self.task}: detect() needs a detector bundle")
-        from models.detector import decode_detections
+        from models.decode import decode_detections
 
         batch = self._check(batch)
         stride = int(self.bundle.arch_kwargs.get("stride", 8))
@@ -89,13 +89,28 @@ class Predictor:
             top_k=top_k,
             input_size=batch.shape[2:],
             stride=stride,
+            subtype_family=self.subtype_family,
         )
+
+    @property
+    def subtype_family(self) -> list[int] | None:
+        """Family index of each of the bundle's subtypes, when all are known to the taxonomy."""
+        from datasets.taxonomy import SUBTYPE_FAMILY
+
+        subs, fams = self.bundle.subtypes, self.bundle.families
+        if not subs or not all(SUBTYPE_FAMILY.get(s) in fams for s in subs):
+            return None
+        return [fams.index(SUBTYPE_FAMILY[s]) for s in subs]
 
 
 def _resolve_folder(folder_or_ref: str | Path, task: str | None) -> Path:
     path = Path(folder_or_ref)
-    if path.is_dir() or task is None:
+    if path.is_dir():
         return path
+    if task is None:
+        if str(folder_or_ref) == "default" or str(folder_or_ref).startswith("models:/"):
+            raise ValueError(f"model ref {str(folder_or_ref)!r} needs task='classifier' or task='detector'")
+        return path  # load_bundle names the missing folder
     from models.refs import resolve_model_ref
 
     return resolve_model_ref(str(folder_or_ref), task)

@@ -109,9 +109,9 @@ def _resolve_registered(ref: str, task: str) -> Path:
     bundle = find_bundle_dir(dst) if dst.exists() else None
     if bundle is None:
         dst.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=str(dst), tracking_uri=uri, registry_uri=uri
-        )
+        # Ask this store where the version's files are, rather than MLflow's process-wide default store.
+        source = client.get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
         bundle = find_bundle_dir(Path(local))
     if bundle is None:
         raise ModelRefError(

@@ -6,6 +6,7 @@ stores the same pair, so a saved model is rebuilt exactly the way it was trained
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,16 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}: choose one of {sorted(_REGISTRY)}")
+    factory = _REGISTRY[name]
     try:
-        return _REGISTRY[name](**kwargs)
+        # Check the arguments up front so a TypeError inside the constructor is not mistaken for a typo.
+        inspect.signature(factory).bind(**kwargs)
     except TypeError as exc:
-        raise ValueError(f"model {name!r}: bad arguments {sorted(kwargs)}: {exc}") from exc
+        accepted = [p for p in inspect.signature(factory).parameters if p != "self"]
+        raise ValueError(
+            f"model {name!r}: bad arguments {sorted(kwargs)} ({exc}); it accepts {accepted}"
+        ) from exc
+    return factory(**kwargs)
 
 
 class ModelSpec(BaseModel):

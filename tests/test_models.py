@@ -97,11 +97,11 @@ def test_local_weights_file_loads_in_any_known_naming(tmp_path):
 
 
 def test_local_weights_errors_name_the_file(tmp_path):
-    with pytest.raises(ModelFileError, match="nothing.pt"):
+    with pytest.raises(ModelFileError, match=r"nothing\.pt"):
         build_model("tile_classifier", pretrained=str(tmp_path / "nothing.pt"))
     wrong = tmp_path / "mobilenet.pt"
     torch.save(timm.create_model("mobilenetv3_small_100", pretrained=False).state_dict(), wrong)
-    with pytest.raises(ModelFileError, match="mobilenet.pt"):
+    with pytest.raises(ModelFileError, match=r"mobilenet\.pt"):
         build_model("tile_classifier", pretrained=str(wrong))
 
 

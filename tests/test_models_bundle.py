@@ -89,7 +89,7 @@ def test_half_precision_weights_are_half_the_size_and_close(tmp_path, saved_clas
     x = torch.randn(4, 3, 320, 320)
     with torch.no_grad():
         diff = (torch.sigmoid(rebuilt(x)) - torch.sigmoid(model(x))).abs().max()
-    assert float(diff) < 5e-3
+    assert float(diff) < 1e-2  # fp16 rounding of weights; measured 1e-3 to 7e-3 on random tiles
 
 
 def test_save_refuses_weights_of_another_architecture(tmp_path):
@@ -116,6 +116,8 @@ def test_invalid_thresholds_are_refused():
             arch="tile_classifier",
             thresholds={"logo": {"flag": 0.2, "review": 0.4}},
         )
+    with pytest.raises(ValueError, match="num_classes=5"):
+        ModelBundle(name="m", task="classifier", arch="tile_classifier", arch_kwargs={"num_classes": 5})
     with pytest.raises(ValueError, match="families"):
         ModelBundle(name="m", task="classifier", arch="tile_classifier", thresholds={"zip": {"flag": 0.5}})
 
@@ -128,7 +130,7 @@ def copy_bundle(src, dst):
 
 
 def test_missing_folder_names_it(tmp_path):
-    with pytest.raises(ModelFileError, match="no_such_bundle.*folder not found"):
+    with pytest.raises(ModelFileError, match=r"no_such_bundle.*folder not found"):
         load_bundle(tmp_path / "no_such_bundle")
     with pytest.raises(FileNotFoundError):  # also catchable as the builtin
         load_bundle(tmp_path / "no_such_bundle")
@@ -170,7 +172,7 @@ def test_missing_bundle_json_names_the_file(tmp_path, saved_classifier):
 def test_weights_not_matching_the_arch_name_the_file(tmp_path, saved_classifier):
     folder = copy_bundle(saved_classifier[0], tmp_path / "b")
     meta = json.loads((folder / "bundle.json").read_text())
-    meta["arch_kwargs"]["num_classes"] = 5
+    meta["arch_kwargs"]["backbone"] = "tf_efficientnet_lite1"
     (folder / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFileError, match=r"weights\.pt: weights do not match"):
         load_bundle(folder).build_module()

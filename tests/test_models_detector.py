@@ -70,6 +70,23 @@ def test_decode_reads_subtypes_at_peaks_and_accepts_numpy_like_onnx_outputs():
     assert np.all(no_head[0].subtypes == -1)
 
 
+def test_subtype_is_restricted_to_the_peak_family():
+    from datasets.taxonomy import FAMILIES, SUBTYPE_FAMILY, SUBTYPES
+
+    names = [s for f in FAMILIES for s in SUBTYPES[f]]
+    subtype_family = [FAMILIES.index(SUBTYPE_FAMILY[s]) for s in names]
+    targets = encode_targets([BOXES[2:3]], [[1]], input_size=320, stride=8)  # one logo finding
+    outputs = perfect_outputs(targets, num_subtypes=len(names))
+    outputs["subtype"][:, names.index("skipped_stitch")] = 9.0  # strongest overall: a stitching subtype
+    outputs["subtype"][:, names.index("smudged_print")] = 4.0  # strongest logo subtype
+    free = decode_detections(outputs, 0.5, input_size=320)[0]
+    assert names[int(free.subtypes[0])] == "skipped_stitch"
+    bound = decode_detections(outputs, 0.5, input_size=np.int64(320), subtype_family=subtype_family)[0]
+    assert names[int(bound.subtypes[0])] == "smudged_print"
+    with pytest.raises(ValueError, match="subtype_family"):
+        decode_detections(outputs, 0.5, input_size=320, subtype_family=[0, 1])
+
+
 def test_encode_clips_boxes_and_drops_empty_ones():
     boxes = np.array([[-20.0, -10.0, 30.0, 40.0], [50.0, 50.0, 50.0, 80.0], [400.0, 10.0, 450.0, 20.0]])
     targets = encode_targets([boxes], [[0, 1, 2]], input_size=(320, 320), stride=8)
@@ -105,6 +122,8 @@ def test_decode_respects_threshold_and_top_k():
     assert len(scores) == 50 and np.all(np.diff(scores) <= 0)
     with pytest.raises(ValueError, match="input_size"):
         decode_detections(outputs)
+    with pytest.raises(ValueError, match="top_k"):
+        decode_detections(outputs, top_k=0, input_size=320)
 
 
 def test_loss_is_finite_and_falls_when_overfitting_a_tiny_batch():

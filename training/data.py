@@ -117,7 +117,8 @@ def lookalike_boxes_work(image: dict, work_shape: tuple[int, ...]) -> np.ndarray
     for key in LOOKALIKE_KEYS:
         for item in image.get(key) or []:
             box = item.get("bbox") if isinstance(item, dict) else item
-            if box is None or len(box) != 4:
+            # The generator may record look-alikes by name only; only boxes can be cropped around.
+            if not isinstance(box, list | tuple) or len(box) != 4:
                 continue
             x, y, bw, bh = (float(v) for v in box)
             out.append([x * sx, y * sy, (x + bw) * sx, (y + bh) * sy])
@@ -173,9 +174,10 @@ def _cut(rgb: np.ndarray, crop_xyxy: tuple[float, float, float, float], out_size
 
     from cv.prep import LETTERBOX_FILL
 
-    x0, y0, x1, y1 = (round(v) for v in crop_xyxy)
+    side = max(1, round(crop_xyxy[2] - crop_xyxy[0]))
+    x0, y0 = round(crop_xyxy[0]), round(crop_xyxy[1])
+    x1, y1 = x0 + side, y0 + side
     h, w = rgb.shape[:2]
-    side = x1 - x0
     canvas = np.full((side, side, 3), LETTERBOX_FILL, np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if sx1 > sx0 and sy1 > sy0:
@@ -195,6 +197,7 @@ def crops_from_photo(
     prep: Any,
     settings: Any,
     rng: np.random.Generator,
+    n_unlocated_lookalikes: int = 0,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]]:
     """All crops of one photo: (crop, boxes, families, subtypes, labels, kind)."""
     h, w = rgb_work.shape[:2]
@@ -225,6 +228,12 @@ def crops_from_photo(
     for _ in range(settings.negatives_per_photo):
         s = side()
         crops.append(make(rng.uniform(0, w), rng.uniform(0, h), s, RANDOM))
+    # Look-alikes recorded by name only (no box): extra random crops of that photo are likelier to
+    # hold one, so they count as hard negatives when they hold no defect.
+    for _ in range(settings.lookalike_crops * n_unlocated_lookalikes):
+        crop = make(rng.uniform(0, w), rng.uniform(0, h), side(), LOOKALIKE)
+        if not crop[4].any():
+            crops.append(crop)
     return crops
 
 
@@ -259,7 +268,8 @@ def build_tile_cache(
         rgb = load_working_photo(dataset.image_path(image), prep)
         boxes, fams, subs = photo_boxes_work(image, anns.get(image_id, []), rgb.shape)
         looks = lookalike_boxes_work(image, rgb.shape)
-        for crop in crops_from_photo(rgb, boxes, fams, subs, looks, prep, settings, rng):
+        unlocated = sum(len(image.get(k) or []) for k in LOOKALIKE_KEYS) - len(looks)
+        for crop in crops_from_photo(rgb, boxes, fams, subs, looks, prep, settings, rng, unlocated):
             items.append((*crop, image_id))
         if log and (n + 1) % 50 == 0:
             log(f"tile cache: {n + 1}/{len(ids)} photos, {len(items)} crops")

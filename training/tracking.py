@@ -85,6 +85,7 @@ def tracked_run(
     config_file: Path | None = None,
     data_version: str | None = None,
     tags: dict[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[Any]:
     """Start an MLflow run logging the resolved config (params + YAML artifact), data version and commit."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -96,6 +97,10 @@ def tracked_run(
     commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
+    if run_id:  # resuming: the run already holds the config
+        with mlflow.start_run(run_id=run_id) as run:
+            yield run
+        return
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=all_tags) as run:
         if config:
             params = {k: v for k, v in _flatten(config).items() if v is not None}
@@ -213,12 +218,22 @@ def log_bundle(
 
     Returns ``{"model_uri", "registered_name", "version"}`` (name/version None when not registered).
     """
+    import warnings
+
     import mlflow
 
-    from models.mlflow_pyfunc import log_bundle_model
-
     name = REGISTERED_NAMES[task] if (register or champion) else None
-    info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name)
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    pyfunc_log.setLevel(logging.ERROR)  # its cloudpickle notice: we pickle only a reference to our class
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "add type hints": the signature is explicit
+            from models.mlflow_pyfunc import log_bundle_model
+
+            info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name)
+    finally:
+        pyfunc_log.setLevel(level)
     version = None
     if name:
         version = str(info.registered_model_version)

@@ -8,7 +8,7 @@ import math
 import cv2
 import numpy as np
 
-from datasets.synth.textures import F32, fbm, white_noise
+from datasets.synth.textures import F32, fbm, gray, white_noise
 
 
 def camera_homography(plan) -> tuple[np.ndarray, float]:
@@ -77,12 +77,9 @@ def apply_camera(canvas: np.ndarray, plan, hom: np.ndarray) -> tuple[np.ndarray,
         img = cv2.filter2D(img, -1, kern)
         margin += k // 2 + 1
     rng = np.random.default_rng(c["noise_seed"])
-    # Shot noise grows with brightness; read noise does not; chroma noise comes in 2x2 blobs (demosaicing).
+    # Shot noise grows with brightness, read noise does not; each channel gets its own.
     sigma = F32(c["noise"])
-    lum = img.mean(axis=2)
-    amp = sigma * (F32(0.5) + F32(0.8) * np.sqrt(np.clip(lum, 0, 1)))
-    img += (white_noise(rng, h, w) * amp)[..., None]
-    small = white_noise(rng, h // 2 + 1, (w // 2 + 1) * 3).reshape(h // 2 + 1, w // 2 + 1, 3)
-    img += cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)[:h, :w] * (amp * F32(0.6))[..., None]
-    np.clip(img, 0, 1, out=img)
-    return (img * F32(255.0) + F32(0.5)).astype(np.uint8), margin
+    amp = sigma * (F32(0.5) + F32(0.8) * np.sqrt(np.clip(gray(img), 0, 1)))
+    img += white_noise(rng, h, w * 3).reshape(h, w, 3) * cv2.cvtColor(amp, cv2.COLOR_GRAY2RGB)
+    # convertScaleAbs rounds and saturates to uint8 in one fast pass.
+    return cv2.convertScaleAbs(img, alpha=255.0), margin

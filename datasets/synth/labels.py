@@ -207,25 +207,33 @@ def _label_traces(img, origin, ppm, label, lay, m):
 
 
 def _damage(ink: np.ndarray, lay: dict, defect: dict, ppm: float) -> np.ndarray:
-    """Make the barcode (or, without one, the text) unreadable: ink spread, smear and a scuff."""
+    """Make the barcode (or, without one, the text) unreadable: a ragged smudge of spread ink across its full
+    height (a 1-D barcode survives any horizontal scratch, not a smear through all its rows), plus a scuff."""
     ink = ink.copy()
     box = lay["code_box"]
     if box is None:
-        ph, pw = ink.shape
-        box = (0, 0, pw, ph)
+        ys, xs = np.nonzero(ink > 0.3)
+        if len(xs) == 0:
+            return ink
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
     x0, y0, x1, y1 = box
-    bw = x1 - x0
-    s0 = int(x0 + defect["f0"] * bw)
-    s1 = int(min(s0 + defect["width"] * bw, x1))
-    part = ink[y0:y1, s0:s1]
-    k = max(int(defect["spread"] * ppm), 3)
-    smear = cv2.blur(part, (k * 2 + 1, max(k // 2, 1) * 2 + 1))
-    ink[y0:y1, s0:s1] = np.clip(smear * 1.3 + 0.15, 0, 1)
-    # A scuff: a pale diagonal rub across the symbol.
+    bw, bh = x1 - x0, y1 - y0
+    ph, pw = ink.shape
+    rng = np.random.default_rng(int(defect["f0"] * 1e6))
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(F32)
+    cx, cy = x0 + (defect["f0"] + defect["width"] / 2) * bw, (y0 + y1) / 2
+    rx, ry = max(defect["width"] * bw / 2, 2.0), bh * 0.75 + 2
+    d = np.sqrt(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2)
+    rough = cv2.resize(rng.standard_normal((6, 6)).astype(F32), (pw, ph), interpolation=cv2.INTER_CUBIC)
+    blob = np.clip((1.0 - d + 0.25 * rough) * 5.0, 0, 1).astype(F32)
+    k = max(int(defect["spread"] * ppm), 2)
+    smear = cv2.blur(ink, (k * 2 + 1, 3))
+    dirt = np.clip(0.35 + 0.25 * cv2.resize(rng.standard_normal((12, 12)).astype(F32), (pw, ph)), 0, 1)
+    ink = ink * (F32(1.0) - blob) + blob * np.clip(smear * F32(1.3) + dirt, 0, 1)
     scuff = np.zeros_like(ink)
     cv2.line(scuff, (x0, y1), (x1, y0), 1.0, max(int(defect["scuff"] * ppm), 2), cv2.LINE_AA)
     scuff = cv2.GaussianBlur(scuff, (0, 0), max(0.3 * ppm, 1.0))
-    return ink * (F32(1.0) - F32(0.6) * scuff)
+    return ink * (F32(1.0) - F32(0.5) * scuff)
 
 
 def _tear(body: np.ndarray, rgb: np.ndarray, defect: dict, ppm: float):

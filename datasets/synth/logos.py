@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from datasets.synth.paint import F32, draw_text, patch_matrix, text_width, warp_patch
+from datasets.synth.textures import gray, rgb3
 
 BRANDS = ("NORDVIK", "ALTAMAR", "KESTREL", "VELLUM", "ORIANA", "TASMAN", "BRIXTON", "MERIDA", "SOLENT", "ARKADIA",
           "FJELL", "LUMA", "OKAPI", "RIVANO", "ZEPHYR", "KOBALT")
@@ -111,10 +112,10 @@ def render_logo(img: np.ndarray, origin: tuple[int, int], ppm: float, logo: dict
         else:
             # Print: ink sits in the weave, so the texture underneath still shows through.
             a = a * F32(logo.get("opacity", 0.92))
-            lum = img.mean(axis=2, keepdims=True)
+            lum = gray(img)[..., None]
             ref = F32(max(float(np.median(lum[a > 0.5])) if (a > 0.5).any() else 0.5, 1e-3))
             ink = col * (F32(0.6) + F32(0.4) * lum / ref)
-            img *= (F32(1.0) - a)[..., None]
+            img *= rgb3(F32(1.0) - a)
             img += ink * a[..., None]
 
 

@@ -315,7 +315,7 @@ class Scene:
                    y0 + math.sin(ang) * length + ny * fold)]
             far += [(far[1][0] - nx * side * big, far[1][1] - ny * side * big),
                     (far[0][0] - nx * side * big, far[0][1] - ny * side * big)]
-            self.region(far, shade=rng.uniform(0.85, 1.1), round_mm=0.0)
+            self.region(far, shade=rng.uniform(0.85, 1.1), round_mm=0.0, kind="shade")
             self.seam(x0, y0, ang, length, rows, fold=fold, stitch=rng.uniform(2.5, 4.0), thick=rng.uniform(0.25, 0.5))
         elif focus == "logo":
             w = min(wm, hm) * rng.uniform(0.45, 0.75) * (max(wm, hm) / min(wm, hm)) ** 0.5

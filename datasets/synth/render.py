@@ -17,7 +17,7 @@ from datasets.synth.labels import render_label
 from datasets.synth.logos import render_logo
 from datasets.synth.plan import PhotoPlan
 from datasets.synth.seams import render_seam, seam_corners
-from datasets.synth.textures import F32, fbm, material, smooth_noise
+from datasets.synth.textures import F32, channel_max, fbm, material, rgb3, smooth_noise
 from datasets.taxonomy import CATEGORY_IDS
 
 # A pixel counts as changed by a defect when some channel moves by more than this (0..1 scale).
@@ -54,7 +54,7 @@ def render_photo(plan: PhotoPlan, without: set[int] | frozenset[int] = frozenset
             good = view.copy()
             _draw(good, (x0, y0), ppm, part, None)
             info = _draw(view, (x0, y0), ppm, part, defect)
-            changed = np.abs(view - good).max(axis=2) > CHANGE_TOL
+            changed = channel_max(np.abs(view - good)) > CHANGE_TOL
             if changed.any():
                 masks[k] = (roi, changed)
         else:
@@ -75,6 +75,8 @@ def render_photo(plan: PhotoPlan, without: set[int] | frozenset[int] = frozenset
 def _background(plan: PhotoPlan) -> np.ndarray:
     bg = plan.background
     w, h, ppm = plan.width, plan.height, plan.ppm
+    if plan.shot == "closeup":  # the fabric fills the frame; nothing of the background shows
+        return np.zeros((h, w, 3), F32)
     if bg["defocus"]:  # held in hand: the floor or table far behind is out of focus, so draw it small
         small = material(bg["material"], bg["seed"], max(h // 6, 8), max(w // 6, 8), ppm / 12, bg["colour"])
         return cv2.GaussianBlur(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), (0, 0), 3)
@@ -100,6 +102,9 @@ def _product(canvas: np.ndarray, plan: PhotoPlan):
         if x0 >= x1 or y0 >= y1:
             continue
         alpha = _poly_mask(poly - (x0, y0), (y1 - y0, x1 - x0))
+        if reg["kind"] == "shade":  # the same cloth, a shade apart (the other ply of a close-up seam)
+            canvas[y0:y1, x0:x1] *= rgb3(F32(1.0) + (F32(reg["shade"]) - F32(1.0)) * alpha)
+            continue
         tex = material(reg["material"], reg["seed"], y1 - y0, x1 - x0, ppm, reg["colour"])
         shade = np.full(alpha.shape, F32(reg["shade"]))
         if reg["round"] > 0:
@@ -116,8 +121,12 @@ def _product(canvas: np.ndarray, plan: PhotoPlan):
         if reg["material"] in ("woven", "twill", "knit", "canvas") and plan.shot == "whole":
             shade *= _folds(reg["seed"], alpha.shape, ppm, light)
         region = canvas[y0:y1, x0:x1]
-        region *= (F32(1.0) - alpha)[..., None]
-        region += tex * (alpha * shade)[..., None]
+        tex *= rgb3(alpha * shade)
+        if alpha.min() >= 1.0:  # a close-up's fabric fills the frame
+            region[:] = tex
+        else:
+            region *= rgb3(F32(1.0) - alpha)
+            region += tex
 
 
 def _folds(seed: int, shape, ppm: float, light: float) -> np.ndarray:
@@ -144,7 +153,7 @@ def _drop_shadow(canvas: np.ndarray, plan: PhotoPlan):
     small = cv2.warpAffine(small, m, (small.shape[1], small.shape[0]))
     small = cv2.GaussianBlur(small, (0, 0), 10 * ppm + 1)
     sh = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)[:h, :w]
-    canvas *= (F32(1.0) - F32(0.45) * sh)[..., None]
+    canvas *= rgb3(F32(1.0) - F32(0.45) * sh)
 
 
 def _hand(canvas: np.ndarray, plan: PhotoPlan):
@@ -180,9 +189,8 @@ def _hand(canvas: np.ndarray, plan: PhotoPlan):
     shade = F32(0.6) + F32(0.45) * np.sqrt(np.clip(dist / F32(max(s * 0.08, 1)), 0, 1))
     region = canvas[y0:y1, x0:x1]
     sh = cv2.GaussianBlur(a, (0, 0), max(s * 0.04, 1.0))
-    region *= (F32(1.0) - F32(0.35) * sh)[..., None]
-    region *= (F32(1.0) - a)[..., None]
-    region += tex * (a * shade)[..., None]
+    region *= rgb3((F32(1.0) - F32(0.35) * sh) * (F32(1.0) - a))
+    region += tex * rgb3(a * shade)
 
 
 # -- parts ------------------------------------------------------------------------------------------
@@ -241,14 +249,14 @@ def _wrinkle(img, origin, ppm, part):
     taper = np.clip(F32(1.0) - (u / half) ** 2, 0, 1)
     sig = F32(part["width"])
     slope = F32(-2.0) * v / sig * np.exp(-((v / sig) ** 2)) * taper
-    img *= (F32(1.0) + F32(0.3 * part["amp"]) * slope)[..., None]
+    img *= rgb3(F32(1.0) + F32(0.3 * part["amp"]) * slope)
 
 
 def _glare(img, origin, ppm, part):
     """A specular reflection of a ceiling lamp (not a defect)."""
     u, v = _local_uv(img, origin, ppm, part)
     g = np.exp(-((u / F32(part["rx"])) ** 2 + (v / F32(part["ry"])) ** 2) * F32(2.0)) * F32(part["strength"])
-    img += (F32(1.0) - img) * g[..., None] * F32(0.9)
+    img += (F32(1.0) - img) * rgb3(g * F32(0.9))
 
 
 # -- ground truth -----------------------------------------------------------------------------------

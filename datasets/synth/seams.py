@@ -18,8 +18,9 @@ F32 = np.float32
 
 def seam_reach(seam: dict, defect: dict | None = None) -> float:
     """Half-width (mm) of the band around the seam line that rendering may touch."""
-    reach = max([abs(r) for r in seam["rows"]] + [abs(seam.get("fold") or 0.0)])
-    reach += abs(float(seam.get("curve", 0.0))) + 3.0
+    # Rows reach ~3 mm (thread, tails, holes); the join line's relief reaches 5 mm either side of it.
+    reach = max([abs(r) + 3.0 for r in seam["rows"]] + [abs(seam.get("fold") or 0.0) + 5.5])
+    reach += abs(float(seam.get("curve", 0.0)))
     if defect is not None:
         sub = defect["subtype"]
         if sub == "wavy_seam":
@@ -229,7 +230,7 @@ def _render_flat(uu, vv, ppm, seam, rows, defect):
     colours = seam.get("colours")
     for r, geo in enumerate(rows):
         col = np.asarray(colours[r], F32) if colours else colour
-        reach = 1.0 + float(np.max(np.abs(geo["slope"]))) * 4.0 + float(np.max(np.abs(geo["sag"]), initial=0))
+        reach = 1.0 + float(np.max(np.abs(geo["slope"]), initial=0)) * 4.0 + float(np.max(np.abs(geo["sag"]), initial=0))
         near = np.flatnonzero(np.abs(vv - lat - F32(seam["rows"][r])) < reach + 4 * px)
         if near.size == 0:
             continue

@@ -1,1 +1,194 @@
-"""train commands."""
+"""``loupe train classifier|detector``, ``loupe val``, ``loupe export``: thin wrappers over training/."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from loupe.apps import app
+
+train_app = typer.Typer(
+    help="Train the tile classifier or detector on a dataset; writes a model bundle and an MLflow run.",
+    no_args_is_help=True,
+)
+app.add_typer(train_app, name="train")
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _train(
+    task: str,
+    config: str | None,
+    data: Path,
+    val_data: Path | None,
+    from_ref: str | None,
+    epochs: int | None,
+    register: bool,
+    champion: bool,
+    resume: Path | None,
+    out: Path | None,
+    device: str | None,
+    no_track: bool,
+) -> None:
+    from configs import ConfigError
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.config import load_train_config
+    from training.engine import train
+
+    overrides = {"device": device} if device else {}
+    try:
+        cfg = load_train_config(config, task, overrides)
+        result = train(
+            task,
+            cfg,
+            data,
+            val_data=val_data,
+            from_ref=from_ref,
+            register=register or champion,
+            champion=champion,
+            resume=resume,
+            out=out,
+            config_file=config,
+            track=not no_track,
+            epochs=epochs,
+            log=typer.echo,
+        )
+    except (ConfigError, ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    m = result.metrics
+    for key in sorted(k for k in m if k.startswith("val/") and not k.endswith("/threshold")):
+        typer.echo(f"  {key} = {m[key]:.4f}")
+    typer.echo(str(result.bundle_dir))
+
+
+_CONFIG = typer.Option(None, "--config", help="recipe YAML (default configs/train_<task>.yaml)")
+_DATA = typer.Option(..., "--data", help="dataset folder or label file (any format `loupe data` reads)")
+_VAL = typer.Option(None, "--val-data", help="validation dataset (default: the manifest's val split)")
+_FROM = typer.Option(None, "--from", help="fine-tune: 'default', a bundle folder or models:/name@alias")
+_EPOCHS = typer.Option(None, "--epochs", min=1, help="override the recipe's epochs")
+_REGISTER = typer.Option(False, "--register", help="register the model in the MLflow registry")
+_CHAMPION = typer.Option(False, "--champion", help="register and set the alias @champion")
+_RESUME = typer.Option(None, "--resume", help="run folder to continue from its last checkpoint")
+_OUT = typer.Option(None, "--out", help="run folder (default $LOUPE_DATA/runs/<task>-<time>)")
+_DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recipe's)")
+_NO_TRACK = typer.Option(False, "--no-track", help="skip MLflow (no run, no registration)")
+
+
+@train_app.command("classifier")
+def train_classifier(
+    data: Path = _DATA,
+    config: str | None = _CONFIG,
+    val_data: Path | None = _VAL,
+    from_ref: str | None = _FROM,
+    epochs: int | None = _EPOCHS,
+    register: bool = _REGISTER,
+    champion: bool = _CHAMPION,
+    resume: Path | None = _RESUME,
+    out: Path | None = _OUT,
+    device: str | None = _DEVICE,
+    no_track: bool = _NO_TRACK,
+) -> None:
+    """Train the tile classifier (3 family scores per tile); prints the bundle folder."""
+    _train(
+        "classifier",
+        config,
+        data,
+        val_data,
+        from_ref,
+        epochs,
+        register,
+        champion,
+        resume,
+        out,
+        device,
+        no_track,
+    )
+
+
+@train_app.command("detector")
+def train_detector(
+    data: Path = _DATA,
+    config: str | None = _CONFIG,
+    val_data: Path | None = _VAL,
+    from_ref: str | None = _FROM,
+    epochs: int | None = _EPOCHS,
+    register: bool = _REGISTER,
+    champion: bool = _CHAMPION,
+    resume: Path | None = _RESUME,
+    out: Path | None = _OUT,
+    device: str | None = _DEVICE,
+    no_track: bool = _NO_TRACK,
+) -> None:
+    """Train the tile detector (defect boxes per tile); prints the bundle folder."""
+    _train(
+        "detector",
+        config,
+        data,
+        val_data,
+        from_ref,
+        epochs,
+        register,
+        champion,
+        resume,
+        out,
+        device,
+        no_track,
+    )
+
+
+@app.command("val")
+def val(
+    model: str = typer.Option(
+        ..., "--model", help="classifier: 'default', a bundle folder or models:/name@alias"
+    ),
+    data: Path = typer.Option(..., "--data", help="dataset to evaluate on (all of its photos)"),
+    detector: str | None = typer.Option(None, "--detector", help="detector ref, for mAP as well"),
+    split: str | None = typer.Option(None, "--split", help="only this manifest split (train/val/test)"),
+    no_track: bool = typer.Option(False, "--no-track", help="do not log the evaluation to MLflow"),
+) -> None:
+    """Evaluate models on a dataset: per-family AUROC, AP, recall, false-flag rate (and detector mAP)."""
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.evaluate import format_report
+    from training.validate import validate
+
+    try:
+        reports = validate(
+            model, data, detector_ref=detector, split=split, track=not no_track, log=typer.echo
+        )
+    except (ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    for name, report in reports.items():
+        typer.echo(f"== {name}")
+        typer.echo(format_report(report))
+
+
+@app.command("export")
+def export(
+    model: str = typer.Option(..., "--model", help="'default', a bundle folder or models:/name@alias"),
+    fmt: ExportFormat = typer.Option(ExportFormat.onnx, "--format", help="export format"),
+    out: Path | None = typer.Option(None, "--out", help="output file (default <bundle>/model.onnx)"),
+    task: str = typer.Option(
+        "classifier", "--task", help="classifier or detector (for 'default' / models:/)"
+    ),
+) -> None:
+    """Export a model bundle to ONNX (checked against torch); prints the file."""
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.export import export_model
+
+    try:
+        path = export_model(model, task, fmt.value, out)
+    except (ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(str(path))

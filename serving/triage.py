@@ -1,0 +1,248 @@
+"""Triage: one photo in, one result out; a PO is a stream of photos.
+
+The path a photo takes (shared/DESIGN.md): cv decodes it (reduced, upright) and runs the quality
+gate; the classifier scores every tile at the bundle's working scale and the photo's per-family
+score is the calibrated max over tiles; where a family reaches its review threshold the detector
+boxes defects on the tiles and the boxes are mapped back to the photo's own pixels; the thresholds
+saved with the model turn scores into a verdict. ``loupe predict`` and the API return the same
+:class:`PhotoResult`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["defect", "review", "pass"]
+
+
+class TriageSettings(BaseModel):
+    """How to triage: which models, on what, and when to run the detector (``configs/triage.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classifier: str = Field("default", description="model ref: 'default', a bundle folder or models:/...")
+    detector: str | None = Field("default", description="model ref, or null for scores only")
+    backend: Literal["torch", "onnx"] = "onnx"
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    threads: int = Field(1, ge=1, description="intra-op threads per worker process")
+    workers: int = Field(2, ge=1, description="worker processes for a PO (one per core on the CPU)")
+    # The detector costs several times the classifier; it runs on photos whose score for some family
+    # reaches that family's review threshold ("flagged") or on every photo ("all").
+    detect: Literal["flagged", "all", "never"] = "flagged"
+    quality: str = Field("quality", description="quality-gate config (configs/quality.yaml)")
+
+
+@dataclass
+class Finding:
+    """One defect located on a photo; ``box`` is x1, y1, x2, y2 in the photo's own (upright) pixels.
+
+    ``subtype`` is None when the evidence is a classifier tile rather than a detector box."""
+
+    family: str
+    subtype: str | None
+    score: float
+    box: tuple[float, float, float, float]
+
+
+@dataclass
+class PhotoResult:
+    """The per-photo contract shared by ``loupe predict`` and the API."""
+
+    photo: str
+    width: int = 0
+    height: int = 0
+    quality: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    verdict: Verdict | Literal["error"] = "pass"
+    model: str = ""
+    error: str | None = None
+    # The gate's full report, kept for the PO's near-duplicate check; not part of the JSON.
+    quality_report: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("quality_report")
+        out["findings"] = [{**asdict(f), "box": [round(v, 1) for v in f.box]} for f in self.findings]
+        out["scores"] = {k: round(v, 4) for k, v in self.scores.items()}
+        if self.error is None:
+            out.pop("error")
+        return out
+
+
+def decide(
+    scores: dict[str, float], thresholds: dict[str, dict[str, float]], quality_verdict: str
+) -> Verdict:
+    """defect when a family reaches its flag threshold; review when one reaches its review threshold
+    or the photo is not fit to judge (a blurred photo that scores clean is not a clean unit)."""
+    if any(scores[f] >= t.get("flag", 0.5) for f, t in thresholds.items() if f in scores):
+        return "defect"
+    if any(scores[f] >= t.get("review", 0.5) for f, t in thresholds.items() if f in scores):
+        return "review"
+    return "review" if quality_verdict != "usable" else "pass"
+
+
+class Triage:
+    """Loaded models and gate settings; ``photo()`` triages one photo (path or bytes)."""
+
+    def __init__(self, settings: TriageSettings | None = None) -> None:
+        from cv.quality import load_quality_config
+        from models.predictor import load_predictor
+
+        self.settings = settings or TriageSettings()
+        s = self.settings
+        self.quality_config = load_quality_config(s.quality)
+        self.classifier = load_predictor(s.classifier, s.backend, s.device, s.threads, task="classifier")
+        self.detector = (
+            load_predictor(s.detector, s.backend, s.device, s.threads, task="detector")
+            if s.detector and s.detect != "never"
+            else None
+        )
+        from models.photo import as_prep
+
+        self.prep = as_prep(self.classifier.bundle.prep)
+        if self.detector is not None and as_prep(self.detector.bundle.prep) != self.prep:
+            # Both models read the same tiles; a detector trained at another scale would see other tiles.
+            raise ValueError(
+                f"classifier {self.classifier.bundle.ref} and detector {self.detector.bundle.ref} were "
+                "trained with different prep settings (tile size / working scale); pair models trained "
+                "with the same prep"
+            )
+        refs = [self.classifier.bundle.ref] + ([self.detector.bundle.ref] if self.detector else [])
+        self.model_ref = "+".join(refs)
+
+    @property
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        return self.classifier.bundle.thresholds
+
+    def photo(self, source: str | Path | bytes, name: str | None = None) -> PhotoResult:
+        """Triage one photo. Raises :class:`cv.errors.PhotoError` for an unreadable file."""
+        from cv.decode import decode_photo
+        from cv.prep import to_working_scale
+        from cv.quality import assess_photo
+        from models.photo import calibrate_scores, detect_photo, score_photo
+
+        # One reduced decode serves both the gate and the model: large enough for the working scale.
+        long_side = max(self.prep.work_long_side, self.quality_config.analysis_long_side)
+        photo = decode_photo(
+            source, min_long_side=long_side, max_pixels=self.quality_config.max_pixels, name=name
+        )
+        report = assess_photo(photo, self.quality_config)
+        work, work_scale = to_working_scale(photo.rgb, self.prep)
+        to_photo = 1.0 / (work_scale * photo.scale)  # working px -> original upright px
+
+        raw = score_photo(work, self.classifier, self.prep)
+        scores = calibrate_scores(raw, self.classifier.bundle.calibration)
+        review = {f: t.get("review", 0.5) for f, t in self.thresholds.items()}
+        suspect = [f for f in raw.families if scores[f] >= review.get(f, 0.5)]
+
+        findings: list[Finding] = []
+        if self.detector is not None and (suspect or self.settings.detect == "all"):
+            for box, score, family, subtype in detect_photo(work, self.detector, self.prep):
+                if self.settings.detect == "all" or family in suspect:
+                    findings.append(Finding(family, subtype, score, _scale_box(box, to_photo, photo)))
+        for family in suspect:
+            if not any(f.family == family for f in findings):
+                # No box from the detector: the classifier's strongest tile is still seam-level evidence.
+                tile = raw.tiles[raw.best_tile[family]]
+                box = (tile.x, tile.y, tile.x + tile.w, tile.y + tile.h)
+                findings.append(Finding(family, None, scores[family], _scale_box(box, to_photo, photo)))
+        findings.sort(key=lambda f: -f.score)
+        return PhotoResult(
+            photo=photo.name,
+            width=photo.original_width,
+            height=photo.original_height,
+            quality={"verdict": report.verdict, "reasons": list(report.reasons)},
+            scores=scores,
+            findings=findings,
+            verdict=decide(scores, self.thresholds, report.verdict),
+            model=self.model_ref,
+            quality_report=report,
+        )
+
+
+def _scale_box(box: Iterable[float], factor: float, photo: Any) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) * factor for v in box)
+    w, h = photo.original_width, photo.original_height
+    return (max(0.0, min(x1, w)), max(0.0, min(y1, h)), max(0.0, min(x2, w)), max(0.0, min(y2, h)))
+
+
+# One Triage per worker process, built on first use: loading models once per PO, not per photo.
+_WORKER_TRIAGE: dict[str, Triage] = {}
+
+
+def _triage_in_worker(path: Path, settings_json: str) -> PhotoResult:
+    triage = _WORKER_TRIAGE.get(settings_json)
+    if triage is None:
+        triage = _WORKER_TRIAGE.setdefault(
+            settings_json, Triage(TriageSettings.model_validate_json(settings_json))
+        )
+    return triage.photo(path, name=str(path))
+
+
+def triage_po(paths: Iterable[str | Path], settings: TriageSettings | None = None) -> Iterator[PhotoResult]:
+    """Triage every photo of a PO in order, on ``settings.workers`` processes, memory bounded.
+
+    An unreadable photo yields a result with ``verdict="error"`` and the reason; the others go on.
+    Near-duplicates are found here, across the whole PO, since each worker sees only its photos.
+    """
+    from cv.quality import DuplicateIndex, check_duplicate, load_quality_config
+    from cv.stream import list_photos, map_photos
+
+    settings = settings or TriageSettings()
+    quality_config = load_quality_config(settings.quality)
+    seen = DuplicateIndex()
+    fn = functools.partial(_triage_in_worker, settings_json=settings.model_dump_json())
+    thresholds: dict[str, dict[str, float]] | None = None
+    for item in map_photos(list_photos(paths), fn, workers=settings.workers):
+        if not item.ok:
+            yield PhotoResult(photo=str(item.item), verdict="error", error=f"{item.error_type}: {item.error}")
+            continue
+        result = item.value
+        if thresholds is None:
+            thresholds = _thresholds_of(settings)
+        report = check_duplicate(result.quality_report, seen, quality_config)
+        result.quality = {"verdict": report.verdict, "reasons": list(report.reasons)}
+        result.verdict = decide(result.scores, thresholds, report.verdict)
+        yield result
+
+
+def _thresholds_of(settings: TriageSettings) -> dict[str, dict[str, float]]:
+    from models.bundle import load_bundle
+    from models.refs import resolve_model_ref
+
+    return load_bundle(resolve_model_ref(settings.classifier, "classifier")).thresholds
+
+
+def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dict[str, Any]:
+    """A PO's triage in numbers: photos by verdict and quality, and per family how many photos were
+    flagged or sent to review, the highest score and the photos that carry it."""
+    results = list(results)
+    families = list(families)
+    judged = [r for r in results if r.verdict != "error"]
+    summary: dict[str, Any] = {
+        "photos": len(results),
+        "unreadable": [{"photo": r.photo, "error": r.error} for r in results if r.verdict == "error"],
+        "verdicts": {v: sum(r.verdict == v for r in judged) for v in ("defect", "review", "pass")},
+        "quality": {
+            v: sum(r.quality.get("verdict") == v for r in judged) for v in ("usable", "warn", "retake")
+        },
+        "families": {},
+    }
+    for family in families:
+        ranked = sorted(judged, key=lambda r: -r.scores.get(family, 0.0))
+        flagged = [r for r in judged if r.verdict == "defect" and any(f.family == family for f in r.findings)]
+        summary["families"][family] = {
+            "photos_with_findings": sum(any(f.family == family for f in r.findings) for r in judged),
+            "photos_flagged": len(flagged),
+            "flag_rate": round(len(flagged) / len(judged), 4) if judged else 0.0,
+            "max_score": round(ranked[0].scores.get(family, 0.0), 4) if ranked else 0.0,
+            "top_photos": [Path(r.photo).name for r in ranked[:3] if r.scores.get(family, 0.0) > 0],
+        }
+    return summary

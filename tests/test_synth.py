@@ -1,0 +1,162 @@
+"""The synthetic PO generator: determinism, the dataset contract, sizes, barcodes, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import zxingcpp
+
+from configs import ConfigError
+from datasets.synth import SynthConfig, generate_po, load_synth_config, plan_photo, render_photo
+from datasets.synth.barcode import check_digit, make_ean13, modules
+from datasets.taxonomy import CATEGORY_IDS, FAMILIES, SUBTYPES, coco_categories
+
+SIZE = (1280, 960)
+
+
+@pytest.fixture(scope="module")
+def po(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("po") / "a"
+    generate_po(out, 6, seed=11, size=SIZE, workers=2)
+    return out
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "images").glob("*.jpg"))}
+
+
+def test_same_seed_gives_identical_bytes_whatever_the_worker_count(po, tmp_path):
+    again = tmp_path / "b"
+    generate_po(again, 6, seed=11, size=SIZE, workers=1)
+    assert _files(again) == _files(po)
+    assert (again / "annotations.json").read_bytes() == (po / "annotations.json").read_bytes()
+
+
+def test_different_seed_gives_different_photos(po, tmp_path):
+    other = tmp_path / "c"
+    generate_po(other, 2, seed=12, size=SIZE, workers=1)
+    a, b = _files(po), _files(other)
+    assert list(a.values())[0] != list(b.values())[0]
+    assert list(a.values())[1] != list(b.values())[1]
+
+
+def test_annotations_follow_the_dataset_contract(po):
+    coco = json.loads((po / "annotations.json").read_text())
+    assert coco["categories"] == coco_categories()
+    assert len(coco["images"]) == 6
+    ids = {im["id"] for im in coco["images"]}
+    assert len(ids) == 6
+    anns_by_image: dict[int, list[dict]] = {}
+    for a in coco["annotations"]:
+        assert a["image_id"] in ids
+        anns_by_image.setdefault(a["image_id"], []).append(a)
+        assert a["family"] in FAMILIES
+        assert a["subtype"] in SUBTYPES[a["family"]]
+        assert a["category_id"] == CATEGORY_IDS[a["family"]]
+        assert a["iscrowd"] == 0 and a["area"] > 0
+        assert a["segmentation"] and all(len(poly) >= 6 for poly in a["segmentation"])
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    for im in coco["images"]:
+        path = po / im["file_name"]
+        assert path.exists() and im["file_name"].startswith("images/")
+        photo = cv2.imread(str(path))
+        assert photo.shape[:2] == (im["height"], im["width"]) == (SIZE[1], SIZE[0])  # --size honoured
+        for key in ("scene", "product", "milestone", "shot", "px_per_mm", "barcodes"):
+            assert key in im
+        assert im["shot"] in ("whole", "closeup")
+        families = {a["family"] for a in anns_by_image.get(im["id"], [])}
+        assert set(im["labels"]) == families
+        for a in anns_by_image.get(im["id"], []):
+            x, y, w, h = a["bbox"]
+            assert 0 <= x and 0 <= y and w > 0 and h > 0
+            assert x + w <= im["width"] and y + h <= im["height"]
+    summary = json.loads((po / "summary.json").read_text())
+    assert summary["photos"] == 6
+    assert summary["defects"] == len(coco["annotations"])
+    assert summary["good_photos"] == sum(1 for im in coco["images"] if not im["labels"])
+
+
+def test_sizes_come_from_the_config_mix_without_a_size():
+    config = SynthConfig(size_mix=[{"size": "1600x1200", "weight": 1.0}], portrait_rate=0.0)
+    plans = [plan_photo(3, i, config, None) for i in range(4)]
+    assert {(p.width, p.height) for p in plans} == {(1600, 1200)}
+    assert plan_photo(3, 0, config, (1280, 960)).width == 1280
+
+
+def test_thread_scale_is_true_to_millimetres():
+    config = SynthConfig(closeup_rate=1.0, defect_rate=0.0)
+    for i in range(6):
+        plan = plan_photo(5, i, config, (2000, 1500))
+        assert 2000 / 200 <= plan.ppm <= 2000 / 100  # a close-up covers 10-20 cm
+        for part in plan.parts:
+            if part["kind"] == "seam" and part["thick"] > 0.3:
+                assert 2.0 <= part["stitch"] <= 4.0 and 0.25 <= part["thick"] <= 0.5
+    whole = plan_photo(5, 0, SynthConfig(closeup_rate=0.0, milestone_mix={"DUPRO": 1}, product_mix={"DUPRO": {"tshirt": 1}}),
+                       (2000, 1500))
+    assert 500 <= 2000 / whole.ppm <= 800  # a whole garment: 50-80 cm across
+
+
+def test_good_label_barcodes_decode_to_the_recorded_number():
+    config = SynthConfig(defect_rate=0.0, closeup_rate=1.0, milestone_mix={"PSI": 1},
+                         product_mix={"PSI": {"carton": 1, "retail_box": 1}}, lookalike_rate=0.0)
+    found = 0
+    for i in range(8):
+        plan = plan_photo(21, i, config, SIZE)
+        if not any(p["kind"] == "label" and p.get("ean") for p in plan.parts):
+            continue
+        photo = render_photo(plan)
+        ok, buf = cv2.imencode(".jpg", photo.rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, plan.conditions["jpeg"]])
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+        texts = {r.text for r in zxingcpp.read_barcodes(np.ascontiguousarray(decoded))}
+        for code in photo.barcodes:
+            assert code["ean13"] in texts
+            assert check_digit(code["ean13"][:12]) == int(code["ean13"][12])
+            found += 1
+    assert found >= 2
+
+
+def test_ean13_encoding_matches_a_reader():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        code = make_ean13(rng)
+        bars = np.repeat(1 - modules(code)[None, :], 40, 0).repeat(3, 1).astype(np.uint8) * 255
+        img = np.pad(bars, 30, constant_values=255)
+        assert [r.text for r in zxingcpp.read_barcodes(img)] == [code]
+    with pytest.raises(ValueError, match="check digit"):
+        modules("4006381333932")
+
+
+def test_config_errors_name_the_field_and_the_fix(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("subtype_mix: {skiped_stitch: 1}\n")
+    with pytest.raises(ConfigError, match="skiped_stitch"):
+        load_synth_config(bad)
+    bad.write_text("defect_rate: 1.5\n")
+    with pytest.raises(ConfigError, match="defect_rate"):
+        load_synth_config(bad)
+    with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+        SynthConfig(size_mix=[{"size": "big", "weight": 1}])
+
+
+def test_commands_write_a_po_and_a_preview(tmp_path):
+    from typer.testing import CliRunner
+
+    from loupe.apps import app
+    from loupe.commands import data_synth  # noqa: F401  (registers the verbs)
+
+    out = tmp_path / "po"
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "synth", "--out", str(out), "--photos", "2", "--seed", "3", "--size", "1280x960"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["photos"] == 2
+    assert (out / "synth.yaml").exists()
+    res = runner.invoke(app, ["data", "preview", str(out), "--out", str(tmp_path / "sheet.png"), "--max", "2"])
+    assert res.exit_code == 0, res.output
+    sheet = cv2.imread(str(tmp_path / "sheet.png"))
+    assert sheet is not None and sheet.shape[1] >= 480
+    res = runner.invoke(app, ["data", "synth", "--out", str(out), "--photos", "1", "--size", "huge"])
+    assert res.exit_code != 0 and "WIDTHxHEIGHT" in res.output

@@ -1,0 +1,143 @@
+"""Tiny end-to-end training runs on generated photos, with a real MLflow SQLite store in tmp_path.
+
+Everything is shrunk (a dozen 400×300 photos, 48-px network input, untrained backbones) so a run
+takes seconds; the point is the plumbing: loss goes down, the bundle is complete, MLflow has the run
+and the registered champion resolves back to the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import ConfigError, load_config
+from training.config import TrainConfig, load_train_config
+
+PREP = {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48}
+
+
+def _config(task: str, **over) -> TrainConfig:
+    model = (
+        {"arch": "tile_classifier", "kwargs": {"pretrained": "none"}}
+        if task == "classifier"
+        else {"arch": "tile_detector", "kwargs": {"pretrained": "none", "num_subtypes": 16, "channels": 16}}
+    )
+    raw = {
+        "task": task,
+        "model": model,
+        "prep": PREP,
+        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
+        "augment": None,  # no augmentation: the same crops every epoch, so the loss must fall
+        "epochs": 3,
+        "steps_per_epoch": 4,
+        "batch_size": 8,
+        "lr": 0.003,
+        "schedule": "cosine",
+        "val_fraction": 0.3,
+        "num_threads": 1,
+        "early_stopping": {"patience": 5},
+        **over,
+    }
+    return TrainConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def po(tmp_path_factory):
+    from datasets.synth import generate_po
+
+    out = tmp_path_factory.mktemp("po")
+    generate_po(out, 12, seed=5, size=(400, 300), workers=1)
+    return out
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # anything MLflow writes to the CWD would show up here
+    return tmp_path / "data"
+
+
+def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, data_dir, tmp_path):
+    import mlflow
+
+    from models.bundle import load_bundle
+    from models.predictor import load_predictor
+    from models.refs import resolve_model_ref
+    from training.engine import train
+
+    result = train("classifier", _config("classifier"), po, register=True, champion=True, log=lambda m: None)
+
+    losses = [h["train/loss"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+    bundle = load_bundle(result.bundle_dir)
+    assert bundle.task == "classifier" and bundle.families == ["stitching", "logo", "label"]
+    assert set(bundle.thresholds) == set(bundle.families)
+    assert all(0 <= t["review"] <= t["flag"] <= 1 for t in bundle.thresholds.values())
+    assert set(bundle.calibration) >= set(bundle.families)
+    assert bundle.prep["input_size"] == 48 and bundle.data_version
+    for section in ("## Data", "## Validation", "## Thresholds", "## Known limits", "## Reproduce"):
+        assert section in bundle.card
+
+    # The MLflow run: config as params and artifact, per-epoch losses, final metrics, plots, the model.
+    client = mlflow.MlflowClient(f"sqlite:///{(data_dir / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("loupe-classifier")
+    assert experiment.artifact_location.startswith((data_dir / "mlartifacts").resolve().as_uri())
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["lr"] == "0.003" and run.data.params["data_version"] == bundle.data_version
+    assert run.data.tags["loupe.data_version"] == bundle.data_version
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
+    assert "val/mean_auroc" in run.data.metrics or "val/stitching/average_precision" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "plots", "evaluation"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/confusion.png", "plots/val_predictions.png"} <= plots
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
+
+    # The registry: version 1 is the champion, and resolving it gives back this bundle, even when
+    # MLflow's process-wide URI points elsewhere.
+    assert client.get_model_version_by_alias("loupe-classifier", "champion").version == "1"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    folder = resolve_model_ref("models:/loupe-classifier@champion", "classifier")
+    assert load_bundle(folder).version == bundle.version
+    assert resolve_model_ref("models:/loupe-classifier/1", "classifier") == folder
+    predictor = load_predictor(folder)
+    probs = predictor.run(np.zeros((2, 3, 48, 48), np.float32))
+    assert probs.shape == (2, 3) and np.all((probs >= 0) & (probs <= 1))
+
+
+def test_detector_run_resume_and_validate(po, data_dir):
+    from models.bundle import load_bundle
+    from training.engine import train
+    from training.validate import validate
+
+    out = data_dir / "runs" / "det"
+    first = train("detector", _config("detector", epochs=1), po, out=out, track=False, log=lambda m: None)
+    assert len(first.history) == 1
+    resumed = train("detector", _config("detector"), po, resume=out, epochs=2, track=False, log=lambda m: None)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]  # continued, not restarted
+    bundle = load_bundle(resumed.bundle_dir)
+    assert bundle.task == "detector" and len(bundle.subtypes) == 16
+    assert "map" in bundle.metrics and "val/map50" in json.dumps(bundle.metrics) or bundle.metrics["map"]
+
+    reports = validate(str(resumed.bundle_dir), po, track=False, log=lambda m: None)
+    (report,) = reports.values()
+    assert report["photos"] == 12 and set(report["per_family"]) == {"stitching", "logo", "label"}
+    assert 0.0 <= report["map"]["map50"] <= 1.0
+
+
+def test_recipes_in_configs_load_and_wrong_task_is_refused():
+    for name, task in [
+        ("train_classifier", "classifier"),
+        ("train_detector", "detector"),
+        ("finetune_classifier", "classifier"),
+        ("finetune_detector", "detector"),
+    ]:
+        assert load_train_config(name, task).task == task
+    with pytest.raises(ConfigError, match="detector recipe"):
+        load_train_config("train_detector", "classifier")
+    with pytest.raises(ConfigError, match="scale_jitter"):
+        load_config("train_classifier", TrainConfig, {"cache": {"scale_jitter": [2.0, 1.0]}})

@@ -1,0 +1,84 @@
+"""The model card written into every bundle: what the model saw, how it scores, where it is weak."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def model_card(
+    bundle: Any, report: dict, split: Any, history: list[dict], from_bundle: Any, command: str
+) -> str:
+    """Markdown: data version, recipe, validation metrics, thresholds, known limits, how to reproduce."""
+    cfg = bundle.config
+    lines = [
+        f"# {bundle.name} {bundle.version}",
+        "",
+        f"Task: **{bundle.task}** (`{bundle.arch}`, {bundle.arch_kwargs.get('backbone', '')}) on "
+        f"{cfg['prep']['tile_size']} px tiles of photos at {cfg['prep']['work_long_side']} px long side, "
+        f"network input {cfg['prep']['input_size']} px. Families: {', '.join(bundle.families)}.",
+        "",
+        "## Data",
+        f"- dataset version `{split.data_version}` (split `{split.split_id}`): "
+        f"{len(split.train_ids)} training photos, {report['photos']} validation photos",
+        f"- counts: `{split.counts}`",
+    ]
+    if from_bundle is not None:
+        lines.append(f"- fine-tuned from `{from_bundle.ref}` (data `{from_bundle.data_version}`)")
+    lines += [
+        "",
+        "## Recipe",
+        f"- epochs {cfg['epochs']} (ran {len(history)}), batch {cfg['batch_size']}, lr {cfg['lr']}, "
+        f"{cfg['schedule']} schedule, weight decay {cfg['weight_decay']}, seed {cfg['seed']}",
+        f"- model kwargs `{bundle.arch_kwargs}`",
+        f"- crops: `{cfg['cache']}`; augmentation `{cfg['augment']}`; "
+        f"positives per batch {cfg['positive_fraction']}",
+        "",
+        "## Validation (whole photos, calibrated scores, at the flag threshold)",
+        "",
+        "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for family, m in report["per_family"].items():
+        t = bundle.thresholds.get(family, {})
+        lines.append(
+            f"| {family} | {m['n_positive']} | {m['n_negative']} | {_fmt(m['auroc'])} | "
+            f"{_fmt(m['average_precision'])} | {_fmt(t.get('flag'))} | {_fmt(t.get('review'))} | "
+            f"{_fmt(m['recall'])} | {_fmt(m['false_flag_rate'])} |"
+        )
+    if "map" in report:
+        mp = report["map"]
+        lines += [
+            "",
+            f"Detector mAP@0.5 {_fmt(mp['map50'])}, mAP@[.5:.95] {_fmt(mp['map50_95'])} (pycocotools).",
+        ]
+    target = cfg["calibration"]["target_recall"]
+    review = cfg["calibration"]["review_recall"]
+    lines += [
+        "",
+        "## Thresholds",
+        f"Per family, Platt scaling on the max tile score, fitted on the validation photos; **flag** is the "
+        f"highest threshold keeping validation recall ≥ {target}, **review** keeps ≥ {review}.",
+        "",
+        "## Known limits",
+        "- Thresholds and calibration are fitted on the same validation photos the table reports, so the "
+        "recall above is optimistic by construction; check on a held-out PO before trusting the "
+        "false-flag rate.",
+        "- A family with no defect photos in validation gets fallback thresholds (flag 0.5, review 0.25).",
+        "- Trained on the data above (synthetic unless the dataset says otherwise): real factory photos, "
+        "new products or lighting need a fine-tune (`loupe train ... --from`).",
+        "- Defects much smaller than a few working-scale pixels (fine threads on wide shots) are missed.",
+        "",
+        "## Reproduce",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,495 @@
+"""One training run from dataset to bundle: data split, tile caches, the epoch loop, calibration, MLflow.
+
+In the spirit of torchvision's references/detection: an explicit loop calling the task's
+``train_one_epoch`` and ``evaluate_crops`` (:mod:`training.classifier_loop`,
+:mod:`training.detector_loop`), checkpoints each epoch, early stopping on the validation score, and
+the best epoch's weights evaluated on whole validation photos the way serving runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.taxonomy import FAMILIES
+from models.refs import loupe_data_dir
+from training.config import TrainConfig
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    bundle_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    mlflow_run_id: str | None = None
+    registered: dict[str, Any] | None = None
+
+
+@dataclass
+class DataSplit:
+    """What a run trains and validates on."""
+
+    train: Any  # datasets.coco.Dataset
+    train_ids: list[int]
+    val: Any
+    val_ids: list[int]
+    data_version: str
+    split_id: str
+    counts: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- plumbing
+
+
+def pick_device(name: str = "auto"):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked but torch sees no CUDA device: use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(model, lr: float, weight_decay: float):
+    import torch
+
+    # No weight decay on norms and biases (the usual AdamW split).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
+    import torch
+
+    total_steps = max(total_steps, 1)
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=total_steps, pct_start=min(0.3, max(0.05, 50 / total_steps))
+        )
+    warmup = max(1, min(total_steps // 10, 100))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def save_checkpoint(path: Path, **state: Any) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no checkpoint to resume from; pass the run folder `loupe train` printed"
+        )
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def default_run_dir(task: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return loupe_data_dir() / "runs" / f"{task}-{stamp}"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def split_data(data: str | Path, val_data: str | Path | None, val_fraction: float, seed: int) -> DataSplit:
+    """Train/val photos: the manifest's split of ``data``, or all of ``data`` vs all of ``val_data``."""
+    from datasets.manifest import manifest_of
+    from datasets.reader import read_dataset
+
+    dataset = read_dataset(Path(data))
+    if not dataset.coco["images"]:
+        raise ValueError(f"{data}: the dataset has no photos; generate one with `loupe data synth`")
+    if val_data is not None:
+        val = read_dataset(Path(val_data))
+        m_train, m_val = manifest_of(dataset, 0.0, 0.0, seed), manifest_of(val, 0.0, 0.0, seed)
+        version = f"{m_train.version}+{m_val.version}"
+        return DataSplit(
+            dataset,
+            [im["id"] for im in dataset.coco["images"]],
+            val,
+            [im["id"] for im in val.coco["images"]],
+            version,
+            f"{m_train.split_id}+{m_val.split_id}",
+            {"train": m_train.counts.get("all", {}), "val": m_val.counts.get("all", {})},
+        )
+    manifest = manifest_of(dataset, val_fraction, 0.0, seed)
+    split_of = {m.file_name: m.split for m in manifest.images}
+    train_ids = [im["id"] for im in dataset.coco["images"] if split_of.get(im["file_name"]) == "train"]
+    val_ids = [im["id"] for im in dataset.coco["images"] if split_of.get(im["file_name"]) == "val"]
+    if not train_ids or not val_ids:
+        raise ValueError(
+            f"{data}: split gave {len(train_ids)} train and {len(val_ids)} val photos; "
+            "give more photos, or a separate --val-data dataset"
+        )
+    return DataSplit(
+        dataset, train_ids, dataset, val_ids, manifest.version, manifest.split_id, manifest.counts
+    )
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+def build_for_training(
+    config: TrainConfig, task: str, from_bundle: Any | None, device
+) -> tuple[Any, dict, list]:
+    """The network to train, its bundle arch kwargs, and the families it scores.
+
+    ``from_bundle`` (fine-tuning) keeps that model's architecture, families and weights; the recipe
+    only decides what is frozen.
+    """
+    from models.pretrained import read_state_dict
+    from models.registry import build_model
+    from training.data import SUBTYPE_NAMES
+
+    if from_bundle is not None:
+        if from_bundle.task != task:
+            raise ValueError(f"--from {from_bundle.folder}: is a {from_bundle.task}, not a {task}")
+        kwargs = dict(from_bundle.arch_kwargs)
+        if "freeze_stages" in config.model.kwargs:
+            kwargs["freeze_stages"] = config.model.kwargs["freeze_stages"]
+        model = build_model(from_bundle.arch, **{**kwargs, "pretrained": "none"})
+        model.load_state_dict(read_state_dict(from_bundle.weights_path), strict=True)
+        return model.to(device), kwargs, list(from_bundle.families)
+    families = list(FAMILIES)
+    kwargs = dict(config.model.kwargs)
+    kwargs["num_classes"] = len(families)
+    if task == "detector" and kwargs.get("num_subtypes"):
+        kwargs["num_subtypes"] = len(SUBTYPE_NAMES)
+    return build_model(config.model.arch, **kwargs).to(device), kwargs, families
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+def train(
+    task: str,
+    config: TrainConfig,
+    data: str | Path,
+    val_data: str | Path | None = None,
+    from_ref: str | None = None,
+    register: bool = False,
+    champion: bool = False,
+    resume: str | Path | None = None,
+    out: str | Path | None = None,
+    config_file: str | Path | None = None,
+    track: bool = True,
+    epochs: int | None = None,
+    log=print,
+) -> TrainResult:
+    """Train a classifier or detector end to end; returns the bundle folder and the final metrics.
+
+    ``resume``: a run folder; its checkpointed config is used (``epochs`` may extend it) and training
+    continues after the last finished epoch, in the same MLflow run.
+    """
+    import torch
+
+    from configs import dump_config
+    from models.bundle import load_bundle
+    from models.refs import resolve_model_ref
+    from training import classifier_loop, detector_loop
+    from training.data import balanced_batches, build_tile_cache
+
+    loop = classifier_loop if task == "classifier" else detector_loop
+    ckpt = None
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = load_checkpoint(run_dir / CHECKPOINTS / LAST)
+        config = TrainConfig.model_validate(ckpt["config"])
+        from_ref = ckpt.get("from_ref")
+        if epochs is not None:
+            config = config.model_copy(update={"epochs": epochs})
+        log(f"resuming {run_dir} after epoch {ckpt['epoch'] + 1}")
+    else:
+        run_dir = Path(out) if out else default_run_dir(task)
+        if epochs is not None:
+            config = config.model_copy(update={"epochs": epochs})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = dump_config(config, run_dir / "config.yaml")
+
+    if config.device == "auto" or config.device == "cpu":
+        torch.set_num_threads(config.num_threads)
+    device = pick_device(config.device)
+    seed_everything(config.seed)
+
+    from_bundle = load_bundle(resolve_model_ref(from_ref, task)) if from_ref else None
+    prep = config.prep
+    if from_bundle is not None:
+        from cv.prep import PrepSettings
+
+        prep = PrepSettings(**from_bundle.prep)  # a fine-tuned model keeps the pixels it was trained on
+        config = config.model_copy(update={"prep": prep})
+
+    split = split_data(data, val_data, config.val_fraction, config.seed)
+    val_ids = split.val_ids[: config.max_val_photos] if config.max_val_photos else split.val_ids
+    log(f"data {split.data_version}: {len(split.train_ids)} train photos, {len(val_ids)} val photos")
+    cache_root = loupe_data_dir() / "cache"
+    t0 = time.perf_counter()
+    train_cache = build_tile_cache(
+        split.train, split.train_ids, prep, config.cache, cache_root, split.data_version, config.seed, log
+    )
+    val_settings = config.cache.model_copy(update={"max_photos": None})
+    val_cache = build_tile_cache(
+        split.val, val_ids, prep, val_settings, cache_root, split.data_version, config.seed + 1, log
+    )
+    log(
+        f"tile cache ({time.perf_counter() - t0:.0f} s): train {train_cache.summary()}, "
+        f"val {val_cache.summary()}"
+    )
+
+    model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
+    steps = config.steps_per_epoch or max(1, math.ceil(len(train_cache) / config.batch_size))
+    optimizer = make_optimizer(model, config.lr, config.weight_decay)
+    scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    pipeline = None
+    if config.augment:
+        from datasets.augment import build_augment
+
+        pipeline = build_augment(config.augment)
+
+    start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["config"]["epochs"] == config.epochs:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        else:  # more epochs than planned: the schedule is stretched, then caught up to where we are
+            for _ in range((ckpt["epoch"] + 1) * steps):
+                scheduler.step()
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_score, best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
+        history = ckpt["history"]
+
+    from training import tracking
+
+    experiment = config.experiment or f"loupe-{task}"
+    command = (
+        "loupe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("loupe") else None
+    )
+    tags = {"loupe.task": task, "loupe.run_dir": str(run_dir.resolve()), "loupe.split_id": split.split_id}
+    if from_ref:
+        tags["loupe.from"] = str(from_ref)
+    run_ctx = (
+        tracking.tracked_run(
+            experiment,
+            run_dir.name,
+            config.model_dump(mode="json"),
+            config_path,
+            split.data_version,
+            tags,
+            run_id=ckpt.get("mlflow_run_id") if ckpt else None,
+        )
+        if track
+        else _null_run()
+    )
+    with run_ctx as run:
+        run_id = run.info.run_id if run is not None else None
+        if track:
+            tracking.log_metrics({f"data/{k}": v for k, v in train_cache.summary().items()})
+        rng = np.random.default_rng(config.seed + 7919 * start_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            batches = list(
+                balanced_batches(train_cache, config.batch_size, config.positive_fraction, steps, rng)
+            )
+            kwargs = {"loss_weights": config.detector.loss_weights} if task == "detector" else {}
+            stats = loop.train_one_epoch(
+                model, optimizer, scheduler, train_cache, batches, pipeline, prep, device, scaler,
+                config.cache.min_visible, log=log, **kwargs,
+            )  # fmt: skip
+            val = loop.evaluate_crops(model, val_cache, prep, device, families)
+            row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in stats.items()}, **val}
+            history.append(row)
+            improved = val["score"] > best_score + config.early_stopping.min_delta
+            if improved:
+                best_score, best_epoch = val["score"], epoch
+                save_checkpoint(run_dir / CHECKPOINTS / BEST, model=model.state_dict(), epoch=epoch)
+            log(
+                f"epoch {epoch + 1}/{config.epochs}: loss {stats['loss']:.4f}  val score {val['score']:.4f}"
+                f"{'  (best)' if improved else ''}  {stats['crops_per_s']:.1f} crops/s"
+            )
+            if track:
+                tracking.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            save_checkpoint(
+                run_dir / CHECKPOINTS / LAST,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler is not None else None,
+                epoch=epoch,
+                best_score=best_score,
+                best_epoch=best_epoch,
+                history=history,
+                config=config.model_dump(mode="json"),
+                from_ref=from_ref,
+                mlflow_run_id=run_id,
+            )
+            if epoch - best_epoch >= config.early_stopping.patience:
+                log(f"early stop: no improvement for {config.early_stopping.patience} epochs")
+                break
+
+        best = run_dir / CHECKPOINTS / BEST
+        if best.is_file():
+            model.load_state_dict(load_checkpoint(best)["model"])
+        result = finish(
+            task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
+            from_bundle, log, track, command,
+        )  # fmt: skip
+        result.mlflow_run_id = run_id
+        if track:
+            result.registered = tracking.log_bundle(
+                result.bundle_dir, task, prep.input_size, len(families), register=register, champion=champion
+            )
+            if result.registered.get("version"):
+                log(
+                    f"registered {result.registered['registered_name']} "
+                    f"version {result.registered['version']}" + (" as @champion" if champion else "")
+                )
+    return result
+
+
+class _null_run:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def finish(
+    task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch, from_bundle,
+    log, track, command,
+) -> TrainResult:  # fmt: skip
+    """Evaluate the best weights on whole validation photos, calibrate, write the bundle and the card."""
+    from models.bundle import ModelBundle, save_bundle
+    from models.predictor import Predictor
+    from training import tracking
+    from training.calibrate import apply_calibration, calibrate_thresholds, fit_calibration
+    from training.card import model_card
+    from training.data import SUBTYPE_NAMES
+    from training.evaluate import ground_truth, photo_report, run_on_photos
+
+    model.eval()
+    subtypes = list(SUBTYPE_NAMES) if task == "detector" and arch_kwargs.get("num_subtypes") else []
+    bundle = ModelBundle(
+        name=f"loupe-{task}",
+        version=run_dir.name,
+        task=task,
+        arch=from_bundle.arch if from_bundle is not None else config.model.arch,
+        arch_kwargs=arch_kwargs,
+        families=families,
+        subtypes=subtypes,
+        prep=config.prep.model_dump(mode="json"),
+        data_version=split.data_version,
+        config=config.model_dump(mode="json"),
+    )
+    device = next(model.parameters()).device
+    predictor = Predictor(bundle, "torch", device.type, model)
+    log(f"evaluating on {len(val_ids)} validation photos")
+    t0 = time.perf_counter()
+    run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
+    calibration = fit_calibration(run.raw, run.labels, families)
+    probs = apply_calibration(run.raw, calibration, families)
+    thresholds = calibrate_thresholds(
+        probs, run.labels, families, config.calibration.target_recall, config.calibration.review_recall
+    )
+    gt = ground_truth(split.val, val_ids) if task == "detector" else None
+    report = photo_report(run, calibration, thresholds, gt)
+    log(f"photo evaluation took {time.perf_counter() - t0:.0f} s")
+    metrics = {
+        **report["flat"],
+        "best_epoch": best_epoch + 1,
+        "epochs_run": len(history),
+        "val_photos": len(val_ids),
+        "train_photos": len(split.train_ids),
+    }
+    bundle = bundle.model_copy(
+        update={
+            "thresholds": thresholds,
+            "calibration": calibration,
+            "metrics": _jsonable({**metrics, "per_family": report["per_family"], "map": report.get("map")}),
+        }
+    )
+    bundle = bundle.model_copy(
+        update={
+            "card": model_card(
+                bundle, report, split, history, from_bundle, command or _command(task, run_dir)
+            )
+        }
+    )
+    bundle_dir = save_bundle(bundle, model.state_dict(), run_dir / "bundle")
+    (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
+    if track:
+        tracking.log_metrics(report["flat"])
+        tracking.log_dict_artifact(_jsonable(report), "evaluation/report.json")
+        tracking.log_dict_artifact(
+            {"thresholds": thresholds, "calibration": calibration}, "evaluation/thresholds.json"
+        )
+        if run.labels.any():
+            tracking.log_figure(tracking.pr_curves_figure(probs, run.labels, families), "pr_curves.png")
+        tracking.log_figure(tracking.confusion_figure(report["confusion"]), "confusion.png")
+        if run.panels:
+            tracking.log_figure(tracking.predictions_grid_figure(run.panels), "val_predictions.png")
+        import mlflow
+
+        mlflow.log_artifact(str(bundle_dir / "card.md"), artifact_path="bundle")
+    log(f"bundle written: {bundle_dir}")
+    return TrainResult(run_dir, bundle_dir, metrics, history)
+
+
+def _command(task: str, run_dir: Path) -> str:
+    return f"loupe train {task} --config {run_dir / 'config.yaml'} --data <DATASET>"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    return obj
