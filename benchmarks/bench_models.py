@@ -1,6 +1,7 @@
 """Per-tile CPU latency of the tile classifier and detector, torch eager vs ONNX Runtime, one thread.
 
     .venv/bin/python benchmarks/bench_models.py [--sizes 320 384] [--batches 1 16] [--repeats 15]
+    .venv/bin/python benchmarks/bench_models.py --train --sizes 320 --batches 16 --threads 2 --freeze 2
 
 Also prints the bundle sizes (fp32 / fp16 weights, ONNX) and the effect of fp16 weight storage on the
 outputs. Weights are random for the heads (speed does not depend on values). Numbers are medians; the
@@ -47,12 +48,46 @@ def median_ms(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def bench_training(size: int, batch: int, threads: int, freeze: int) -> None:
+    """Seconds per optimiser step (forward + backward + Adam) of each model on random tiles."""
+    from models.detector import detector_loss, encode_targets
+
+    torch.set_num_threads(threads)
+    x = torch.randn(batch, 3, size, size)
+    boxes = [np.array([[40.0, 60.0, 120.0, 90.0]])] * batch
+    targets = encode_targets(boxes, [[0]] * batch, [[1]] * batch, input_size=size, stride=8)
+    print(f"\ntraining step, batch {batch}, {size} px, {threads} threads, freeze_stages={freeze}:")
+    for task, (arch, kwargs) in ARCHS.items():
+        model = build_model(arch, **{**kwargs, "freeze_stages": freeze}).train()
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+        def step(model=model, opt=opt, task=task) -> None:
+            out = model(x)
+            if task == "classifier":
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(out, torch.zeros_like(out))
+            else:
+                loss = detector_loss(out, targets)[0]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        wall, _ = median_ms(step, 3)
+        rate = 60000 * batch / wall
+        print(f"  {task}: {wall / 1000:.2f} s/step wall, {wall / batch:.0f} ms/tile ({rate:.0f} tiles/min)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[320, 384])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--train", action="store_true", help="time training steps instead of inference")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for --train")
+    parser.add_argument("--freeze", type=int, default=2, help="freeze_stages for --train")
     args = parser.parse_args()
+    if args.train:
+        bench_training(args.sizes[0], args.batches[-1], args.threads, args.freeze)
+        return
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="bench-models-"))
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpus={os.cpu_count()}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,11 @@ def read_header(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MA
     if not data:
         raise EmptyPhotoError(f"{name}: file is empty (0 bytes) - the upload did not finish; upload it again")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            # Between PIL's warning and error sizes the pixel limit below decides, not PIL.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             fmt = (im.format or "").upper()
             width, height = im.size
             orientation = _orientation_of(im)

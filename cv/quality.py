@@ -1,7 +1,7 @@
 """The photo-quality gate: is this photo fit to judge?
 
 Every check is a score with thresholds in ``configs/quality.yaml`` and a reason an inspector
-understands ("blurred: sharpness 12 < 20 — retake"). All checks run on a small analysis image
+understands ("blurred: sharpness 1.3 < 2 — retake"). All checks run on a small analysis image
 (long side ``analysis_long_side``), which makes them fast on a reduced decode and makes the blur
 score scale-normalised: a 3 MP and a 12 MP photo of the same scene score alike.
 Verdict per photo: usable / warn / retake (the worst of its checks).
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from cv.decode import DEFAULT_MAX_PIXELS, Photo, decode_photo
 
 Verdict = Literal["usable", "warn", "retake"]
+_SCREENSHOT_MIN_LUMA = 48
 _RANK = {"usable": 0, "warn": 1, "retake": 2}
 
 
@@ -45,8 +46,8 @@ class _Check:
 
 
 CHECKS: dict[str, _Check] = {
-    "blur": _Check("blurred", "sharpness", True, "check the defect area is sharp"),
-    "underexposure": _Check("too dark", "brightness", True, "use more light if you can"),
+    "blur": _Check("blurred", "sharpness", True, "check the defect area is sharp", fmt=".1f"),
+    "underexposure": _Check("too dark", "highlight brightness", True, "use more light if you can"),
     "overexposure": _Check("overexposed", "% clipped white", False, "lower the exposure", fmt=".1f"),
     "glare": _Check(
         "glare", "% of photo in one hot spot", False, "tilt the camera or the product", fmt=".1f"
@@ -80,13 +81,15 @@ class QualityConfig(BaseModel):
         40, ge=0, le=255, description="hot spots are near-white, not bright colour"
     )
     blur_sigma: float = Field(0.7, ge=0, le=3, description="Gaussian pre-smoothing before the Laplacian")
-    blur: Limit = Limit(warn=50, retake=20)
-    underexposure: Limit = Limit(warn=70, retake=40)
+    blur_block: int = Field(96, ge=16, description="blur is scored per block of this many analysis px")
+    blur_percentile: float = Field(90, ge=0, le=100, description="the block score that counts as the photo's")
+    blur: Limit = Limit(warn=4, retake=2)
+    underexposure: Limit = Limit(warn=60, retake=25)
     overexposure: Limit = Limit(warn=10, retake=25)
     glare: Limit = Limit(warn=0.5, retake=3.0)
     resolution: Limit = Limit(warn=1500, retake=720)
-    uniform: Limit = Limit(retake=4.0)
-    screenshot: Limit = Limit(retake=50.0)
+    uniform: Limit = Limit(retake=2.5)
+    screenshot: Limit = Limit(retake=60.0)
     duplicate: Limit = Limit(warn=5)
 
     @model_validator(mode="after")
@@ -170,6 +173,33 @@ def _analysis_size(rgb: np.ndarray, long_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def _sharpness(gray: np.ndarray, config: QualityConfig) -> float:
+    """Fine detail relative to contrast: per block of ~``blur_block`` px, 100 x the variance of the
+    Laplacian of Gaussian over the variance of luma, scored at a high percentile of the blocks.
+
+    - The fixed analysis size makes it scale-normalised; the light Gaussian first keeps per-pixel
+      sensor noise and resampling from dominating (a 3 MP and a 12 MP photo of one scene score
+      within a few %).
+    - Dividing by the block's own contrast keeps a dark or low-contrast product (a navy T-shirt)
+      from reading as blurred: darkness has its own check.
+    - The sharpest blocks count, not the whole frame, so a sharp product on a plain table passes.
+    """
+    g = gray.astype(np.float32)
+    smooth = cv2.GaussianBlur(g, (0, 0), config.blur_sigma) if config.blur_sigma > 0 else g
+    lap = cv2.Laplacian(smooth, cv2.CV_32F)
+    h, w = g.shape
+    grid = (max(1, round(w / config.blur_block)), max(1, round(h / config.blur_block)))
+
+    def block_var(x: np.ndarray) -> np.ndarray:
+        # Block means of x and x^2 by area resampling: exact block averages, no Python loop.
+        m = cv2.resize(x, grid, interpolation=cv2.INTER_AREA)
+        return np.maximum(cv2.resize(x * x, grid, interpolation=cv2.INTER_AREA) - m * m, 0)
+
+    # +4 (a std of 2 grey levels) keeps flat blocks of pure sensor noise from scoring as sharp.
+    ratio = 100.0 * block_var(lap) / (block_var(g) + 4.0)
+    return float(np.percentile(ratio, config.blur_percentile))
+
+
 def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None], int]:
     """Every check's score (except ``duplicate``, which needs the PO) and the photo's perceptual hash."""
     size = _analysis_size(photo.rgb, config.analysis_long_side)
@@ -183,13 +213,12 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
     )
     rgb = cv2.resize(photo.rgb, size, interpolation=cv2.INTER_NEAREST)
-    # Blur: variance of the Laplacian of Gaussian at a fixed analysis size. The light smoothing
-    # first keeps per-pixel sensor noise and resampling from dominating, so a 3 MP and a 12 MP
-    # photo of one scene score within a few % of each other (without it: 10-40 % apart).
-    smooth = cv2.GaussianBlur(gray, (0, 0), config.blur_sigma) if config.blur_sigma > 0 else gray
-    _, lap_std = cv2.meanStdDev(cv2.Laplacian(smooth, cv2.CV_32F))
-    sharpness = float(lap_std[0, 0]) ** 2
-    mean, std = cv2.meanStdDev(gray)
+    sharpness = _sharpness(gray, config)
+    _, std = cv2.meanStdDev(gray)
+    # Brightness of the highlights (95th percentile of luma), not the mean: a navy garment that
+    # fills the frame is dark but correctly exposed; an underexposed photo has dark highlights too.
+    cdf = np.cumsum(cv2.calcHist([gray], [0], None, [256], [0, 256]).ravel())
+    highlights = float(np.searchsorted(cdf, 0.95 * cdf[-1]))
     clipped = gray >= config.clip_level
     clipped_pct = 100.0 * float(np.count_nonzero(clipped)) / gray.size
     # Glare: the largest connected near-white, low-saturation blob (a specular reflection), not
@@ -204,13 +233,17 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
             glare_pct = 100.0 * float(stats[1:, cv2.CC_STAT_AREA].max()) / gray.size
     # Screenshot / graphic: a camera photo has sensor noise, so exact colours are spread thin;
     # rendered graphics put most pixels in a handful of flat colours.
-    sample = rgb[::3, ::3].reshape(-1, 3).astype(np.uint32)
-    packed = (sample[:, 0] << 16) | (sample[:, 1] << 8) | sample[:, 2]
-    counts = np.unique(packed, return_counts=True)[1]
-    screenshot_pct = 100.0 * float(np.sort(counts)[-8:].sum()) / len(packed)
+    # Dark pixels are left out: a dark photo has little noise in 8 bits and few distinct levels.
+    sample = rgb[::3, ::3].reshape(-1, 3)
+    sample = sample[gray[::3, ::3].reshape(-1) >= _SCREENSHOT_MIN_LUMA].astype(np.uint32)
+    screenshot_pct = 0.0
+    if len(sample) >= 0.2 * gray[::3, ::3].size:
+        packed = (sample[:, 0] << 16) | (sample[:, 1] << 8) | sample[:, 2]
+        counts = np.unique(packed, return_counts=True)[1]
+        screenshot_pct = 100.0 * float(np.sort(counts)[-8:].sum()) / len(packed)
     scores: dict[str, float | None] = {
-        "blur": round(sharpness, 1),
-        "underexposure": round(float(mean[0, 0]), 1),
+        "blur": round(sharpness, 2),
+        "underexposure": highlights,
         "overexposure": round(clipped_pct, 2),
         "glare": round(glare_pct, 2),
         "resolution": float(min(photo.original_width, photo.original_height)),

@@ -84,7 +84,8 @@ def map_photos(
     ``fn`` must be picklable (a module-level function, or ``functools.partial`` of one).
     ``workers <= 1`` runs in this process (for debugging and tiny POs). Errors are returned in
     the result, not raised. ``spawn`` is the default start method because forking a process that
-    already holds OpenCV/torch thread pools can deadlock.
+    already holds OpenCV/torch thread pools can deadlock; like any spawn pool it needs the
+    ``if __name__ == "__main__":`` guard in a script that calls it.
     """
     if workers <= 1:
         for item in paths:

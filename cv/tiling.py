@@ -100,6 +100,7 @@ def merge_tile_detections(
     iou_threshold: float = 0.5,
     *,
     edge_tolerance: float = 2.0,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shift per-tile boxes into image pixels and merge duplicates across tile borders.
 
@@ -107,10 +108,14 @@ def merge_tile_detections(
     Boxes of the same label are merged greedily from the highest score down when their
     intersection-over-smaller reaches ``iou_threshold``, or when they are two pieces of one box
     cut by a tile border; the merged box is their union and keeps the highest score.
+    ``image_size`` (width, height) tells which tile sides are the photo's border; without it the
+    extent of the tiles given is used, so pass it when you leave tiles without detections out.
     Returns (boxes xyxy float32 (M, 4), scores float32 (M,), labels int64 (M,)) sorted by score.
     """
     boxes_l, scores_l, labels_l, edges_l = [], [], [], []
-    if per_tile:
+    if image_size is not None:
+        image_w, image_h = image_size
+    elif per_tile:
         image_w = max(t.x + t.w for t, *_ in per_tile)
         image_h = max(t.y + t.h for t, *_ in per_tile)
     for tile, boxes, scores, labels in per_tile:

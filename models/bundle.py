@@ -197,7 +197,10 @@ def save_bundle(
             ) from exc
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    bundle = bundle.model_copy(update={"weights_dtype": "float16" if half else "float32"})
+    # Validate again: model_copy(update=...) skips validation; never write a bundle that cannot load.
+    bundle = ModelBundle.model_validate(
+        {**bundle.model_dump(), "weights_dtype": "float16" if half else "float32"}
+    )
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write_bytes(folder / WEIGHTS_FILE, lambda p: torch.save(state, p))
     meta = bundle.model_dump(mode="json", exclude={"card"})

@@ -125,10 +125,9 @@ def _onnx_path(bundle: ModelBundle) -> Path:
     try:
         return export_onnx(bundle.folder)
     except PermissionError:
-        cache = (
-            Path(tempfile.gettempdir()) / "loupe-onnx" / f"{bundle.name}-{bundle.version}-{bundle.created_at}"
-        )
-        return export_onnx(bundle.folder, cache / "model.onnx")
+        stamp = bundle.created_at.replace(":", "")
+        cached = Path(tempfile.gettempdir()) / "loupe-onnx" / f"{bundle.name}-{bundle.version}-{stamp}.onnx"
+        return cached if cached.is_file() else export_onnx(bundle.folder, cached)
 
 
 def load_predictor(

@@ -81,6 +81,20 @@ def test_every_exif_orientation_comes_out_upright_with_the_box_in_place(orientat
         assert np.abs(reference.astype(int) - photo.rgb.astype(int)).mean() < 2.0
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_in_png_and_webp(fmt, orientation):
+    img = upright_scene().transpose(TO_STORED[orientation])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+    photo = decode_photo(buf.getvalue(), min_side=300)
+    assert photo.orientation == orientation and photo.rgb.shape == (300, 400, 3)
+    found = np.array(red_bbox(photo.rgb)) / photo.scale
+    assert np.abs(found - np.array(RED_BOX)).max() <= 4
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_boxes_maps_stored_boxes_to_upright(orientation):
     img = upright_scene()

@@ -64,6 +64,15 @@ def test_box_straddling_tile_borders_comes_back_once(box):
     assert scores[0] == pytest.approx(0.9) and labels[0] == 1
 
 
+def test_only_tiles_with_detections_given_still_merge():
+    tiles = tile_grid(1280, 960, 320, 48)
+    box = np.array([150, 100, 700, 140], float)  # long seam across three tiles
+    per_tile = [t for t in detections_on_tiles(box, tiles) if len(t[1])]
+    boxes, _, _ = merge_tile_detections(per_tile, image_size=(1280, 960))
+    assert len(boxes) == 1
+    np.testing.assert_allclose(boxes[0], box, atol=0.5)
+
+
 def test_distinct_defects_and_families_stay_apart():
     tiles = tile_grid(1280, 960, 320, 48)
     seam = np.array([200, 100, 420, 140], float)

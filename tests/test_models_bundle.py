@@ -100,6 +100,14 @@ def test_save_refuses_weights_of_another_architecture(tmp_path):
     assert not (tmp_path / "x" / "bundle.json").exists()
 
 
+def test_save_revalidates_a_bundle_changed_with_model_copy(tmp_path):
+    bundle, model = make_bundle("classifier")
+    broken = bundle.model_copy(update={"thresholds": {"logo": {"flag": 0.2, "review": 0.9}}})
+    with pytest.raises(ValueError, match="review"):
+        save_bundle(broken, model, tmp_path / "x")
+    assert not (tmp_path / "x" / "weights.pt").exists()
+
+
 def test_resaving_removes_a_stale_onnx_file(tmp_path, saved_classifier):
     folder, model = saved_classifier
     copy = save_bundle(load_bundle(folder), model.state_dict(), tmp_path / "b")

@@ -17,8 +17,12 @@ BLUR_MARGIN = 3  # px
 
 def _forced_plan(subtype: str, closeup: float = 0.5):
     config = SynthConfig(
-        defect_rate=1.0, extra_defect_rate=0.0, family_mix={SUBTYPE_FAMILY[subtype]: 1.0},
-        subtype_mix={subtype: 1.0}, lookalike_rate=0.0, closeup_rate=closeup,
+        defect_rate=1.0,
+        extra_defect_rate=0.0,
+        family_mix={SUBTYPE_FAMILY[subtype]: 1.0},
+        subtype_mix={subtype: 1.0},
+        lookalike_rate=0.0,
+        closeup_rate=closeup,
     )
     for i in range(40):
         plan = plan_photo(100, i, config, SIZE)
@@ -40,10 +44,14 @@ def test_defect_changes_pixels_only_inside_its_box(subtype):
     changed = diff > TOL
     x, y, w, h = anns[0]["bbox"]
     inside = np.zeros_like(changed)
-    inside[max(y - BLUR_MARGIN, 0) : y + h + BLUR_MARGIN, max(x - BLUR_MARGIN, 0) : x + w + BLUR_MARGIN] = True
+    inside[max(y - BLUR_MARGIN, 0) : y + h + BLUR_MARGIN, max(x - BLUR_MARGIN, 0) : x + w + BLUR_MARGIN] = (
+        True
+    )
     assert changed.sum() >= 40, f"{subtype}: only {changed.sum()} pixels changed"
     assert diff.max() >= 30, f"{subtype}: contrast only {diff.max()} grey levels"
-    assert not (changed & ~inside).any(), f"{subtype}: {(changed & ~inside).sum()} changed pixels outside the box"
+    assert not (changed & ~inside).any(), (
+        f"{subtype}: {(changed & ~inside).sum()} changed pixels outside the box"
+    )
     frac = w * h / (SIZE[0] * SIZE[1])
     assert frac >= 0.001 * 0.95  # the configured floor
 
@@ -52,20 +60,28 @@ def test_smallest_defects_are_near_a_thousandth_of_the_photo():
     fracs = []
     for subtype in ("skipped_stitch", "uneven_stitch_length", "broken_thread"):
         plan, k = _forced_plan(subtype, closeup=1.0)
-        ann = [a for a in render_photo(plan).annotations if a["defect_index"] == k][0]
+        ann = next(a for a in render_photo(plan).annotations if a["defect_index"] == k)
         fracs.append(ann["bbox"][2] * ann["bbox"][3] / (SIZE[0] * SIZE[1]))
     assert min(fracs) < 0.004, fracs
 
 
 def test_unreadable_label_barcode_does_not_decode():
     config = SynthConfig(
-        defect_rate=1.0, extra_defect_rate=0.0, family_mix={"label": 1.0}, subtype_mix={"unreadable_label": 1.0},
-        lookalike_rate=0.0, closeup_rate=1.0, milestone_mix={"PSI": 1}, product_mix={"PSI": {"carton": 1, "retail_box": 1}},
+        defect_rate=1.0,
+        extra_defect_rate=0.0,
+        family_mix={"label": 1.0},
+        subtype_mix={"unreadable_label": 1.0},
+        lookalike_rate=0.0,
+        closeup_rate=1.0,
+        milestone_mix={"PSI": 1},
+        product_mix={"PSI": {"carton": 1, "retail_box": 1}},
     )
     checked = 0
     for i in range(12):
         plan = plan_photo(8, i, config, SIZE)
-        hits = [d for d in plan.defects if d["subtype"] == "unreadable_label" and plan.parts[d["part"]].get("ean")]
+        hits = [
+            d for d in plan.defects if d["subtype"] == "unreadable_label" and plan.parts[d["part"]].get("ean")
+        ]
         if not hits:
             continue
         ean = plan.parts[hits[0]["part"]]["ean"]

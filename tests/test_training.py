@@ -7,7 +7,7 @@ and the registered champion resolves back to the bundle.
 
 from __future__ import annotations
 
-import json
+import os
 
 import numpy as np
 import pytest
@@ -83,7 +83,8 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
         assert section in bundle.card
 
     # The MLflow run: config as params and artifact, per-epoch losses, final metrics, plots, the model.
-    client = mlflow.MlflowClient(f"sqlite:///{(data_dir / 'mlflow.db').resolve()}")
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("loupe-classifier")
     assert experiment.artifact_location.startswith((data_dir / "mlartifacts").resolve().as_uri())
     (run,) = client.search_runs([experiment.experiment_id])
@@ -97,11 +98,19 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert {"plots/confusion.png", "plots/val_predictions.png"} <= plots
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
-    # The registry: version 1 is the champion, and resolving it gives back this bundle, even when
-    # MLflow's process-wide URI points elsewhere.
-    assert client.get_model_version_by_alias("loupe-classifier", "champion").version == "1"
+    # The registry: version 1 is the champion, and it resolves back to this bundle from $LOUPE_DATA
+    # alone, even with MLflow's process-wide store pointed elsewhere (as a fresh `loupe predict` is).
+    assert str(client.get_model_version_by_alias("loupe-classifier", "champion").version) == "1"
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # the run did not leave MLflow pointed at its store
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
-    folder = resolve_model_ref("models:/loupe-classifier@champion", "classifier")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it; $LOUPE_DATA must decide
+    try:
+        folder = resolve_model_ref("models:/loupe-classifier@champion", "classifier")
+    finally:
+        mlflow.set_tracking_uri(previous)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert folder.resolve().is_relative_to(data_dir.resolve())
     assert load_bundle(folder).version == bundle.version
     assert resolve_model_ref("models:/loupe-classifier/1", "classifier") == folder
     predictor = load_predictor(folder)
@@ -117,11 +126,13 @@ def test_detector_run_resume_and_validate(po, data_dir):
     out = data_dir / "runs" / "det"
     first = train("detector", _config("detector", epochs=1), po, out=out, track=False, log=lambda m: None)
     assert len(first.history) == 1
-    resumed = train("detector", _config("detector"), po, resume=out, epochs=2, track=False, log=lambda m: None)
+    resumed = train(
+        "detector", _config("detector"), po, resume=out, epochs=2, track=False, log=lambda m: None
+    )
     assert [h["epoch"] for h in resumed.history] == [1, 2]  # continued, not restarted
     bundle = load_bundle(resumed.bundle_dir)
     assert bundle.task == "detector" and len(bundle.subtypes) == 16
-    assert "map" in bundle.metrics and "val/map50" in json.dumps(bundle.metrics) or bundle.metrics["map"]
+    assert 0.0 <= bundle.metrics["val/map50"] <= 1.0 and "stitching" in bundle.metrics["map"]["per_family"]
 
     reports = validate(str(resumed.bundle_dir), po, track=False, log=lambda m: None)
     (report,) = reports.values()
@@ -141,3 +152,35 @@ def test_recipes_in_configs_load_and_wrong_task_is_refused():
         load_train_config("train_detector", "classifier")
     with pytest.raises(ConfigError, match="scale_jitter"):
         load_config("train_classifier", TrainConfig, {"cache": {"scale_jitter": [2.0, 1.0]}})
+
+
+def test_fine_tuning_keeps_the_source_model_weights_prep_and_families(tmp_path):
+    import torch
+
+    from models.bundle import ModelBundle, load_bundle, save_bundle
+    from models.registry import build_model
+    from training.engine import build_for_training
+
+    kwargs = {"pretrained": "none", "num_classes": 3, "freeze_stages": 0}
+    source = build_model("tile_classifier", **kwargs)
+    prep = {**PREP, "input_size": 64}
+    folder = save_bundle(
+        ModelBundle(
+            name="loupe-classifier", task="classifier", arch="tile_classifier", arch_kwargs=kwargs, prep=prep
+        ),
+        source,
+        tmp_path / "src",
+    )
+    recipe = load_train_config("finetune_classifier", "classifier")
+    model, arch_kwargs, families = build_for_training(
+        recipe, "classifier", load_bundle(folder), torch.device("cpu")
+    )
+    assert families == ["stitching", "logo", "label"] and arch_kwargs["freeze_stages"] == 5
+    for (name, a), b in zip(source.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(".blocks.4." in n for n in frozen) and any("classifier" in n for n in trainable)
+    assert not any(".blocks.5." in n for n in frozen)
+    with pytest.raises(ValueError, match="is a classifier, not a detector"):
+        build_for_training(recipe, "detector", load_bundle(folder), torch.device("cpu"))

@@ -92,6 +92,21 @@ def tracked_run(
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; put it back afterwards so a later run with
+    # another $LOUPE_DATA in this process (tests, notebooks) does not write into this store.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _run(mlflow, experiment, run_name, config, config_file, data_version, tags, run_id) as run:
+            yield run
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@contextmanager
+def _run(mlflow, experiment, run_name, config, config_file, data_version, tags, run_id) -> Iterator[Any]:
     experiment_id = ensure_experiment(experiment)
     all_tags = {"loupe.data_version": data_version or "unknown", **(tags or {})}
     commit = git_commit()

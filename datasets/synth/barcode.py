@@ -1,10 +1,21 @@
-"""EAN-13: check digit and bar pattern, drawn to scale (the generator owns its symbols; zxing-cpp reads them)."""
+"""EAN-13: check digit and bar pattern (the generator draws its own symbols; zxing-cpp reads them)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-_L = ("0001101", "0011001", "0010011", "0111101", "0100011", "0110001", "0101111", "0111011", "0110111", "0001011")
+_L = (
+    "0001101",
+    "0011001",
+    "0010011",
+    "0111101",
+    "0100011",
+    "0110001",
+    "0101111",
+    "0111011",
+    "0110111",
+    "0001011",
+)
 _G = tuple("".join("1" if c == "0" else "0" for c in code)[::-1] for code in _L)
 _R = tuple("".join("1" if c == "0" else "0" for c in code) for code in _L)
 _PARITY = ("LLLLLL", "LLGLGG", "LLGGLG", "LLGGGL", "LGLLGG", "LGGLLG", "LGGGLL", "LGLGLG", "LGLGGL", "LGGLGL")

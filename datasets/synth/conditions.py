@@ -41,11 +41,19 @@ def _light_field(plan, h: int, w: int) -> np.ndarray:
         # The inspector's arm or phone: a soft dark band entering from one side.
         m = np.zeros((sh, sw), F32)
         a = rng.uniform(0, 2 * np.pi)
-        p0 = np.array([sw / 2, sh / 2]) + np.array([math.cos(a), math.sin(a)]) * max(sw, sh) * rng.uniform(0.35, 0.7)
+        p0 = np.array([sw / 2, sh / 2]) + np.array([math.cos(a), math.sin(a)]) * max(sw, sh) * rng.uniform(
+            0.35, 0.7
+        )
         d = np.array([-math.sin(a), math.cos(a)]) * max(sw, sh)
         band = rng.uniform(0.15, 0.35) * max(sw, sh)
-        poly = np.array([p0 - d, p0 + d, p0 + d + np.array([math.cos(a), math.sin(a)]) * band * 4,
-                         p0 - d + np.array([math.cos(a), math.sin(a)]) * band * 4])
+        poly = np.array(
+            [
+                p0 - d,
+                p0 + d,
+                p0 + d + np.array([math.cos(a), math.sin(a)]) * band * 4,
+                p0 - d + np.array([math.cos(a), math.sin(a)]) * band * 4,
+            ]
+        )
         cv2.fillPoly(m, [np.round(poly).astype(np.int32)], 1.0)
         m = cv2.GaussianBlur(m, (0, 0), rng.uniform(1.5, 5))
         lum *= F32(1.0) - F32(rng.uniform(0.25, 0.5)) * m
@@ -66,9 +74,9 @@ def apply_camera(canvas: np.ndarray, plan, hom: np.ndarray) -> tuple[np.ndarray,
     margin = 1
     if c["defocus"] > 0:
         img = cv2.GaussianBlur(img, (0, 0), c["defocus"])
-        margin += int(math.ceil(2.5 * c["defocus"]))
+        margin += math.ceil(2.5 * c["defocus"])
     if c["motion"] > 0:
-        k = max(int(round(c["motion"])) * 2 + 1, 3)
+        k = max(round(c["motion"]) * 2 + 1, 3)
         kern = np.zeros((k, k), F32)
         kern[k // 2, :] = 1.0
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), c["motion_angle"], 1.0)

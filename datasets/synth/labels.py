@@ -20,23 +20,42 @@ def _care_symbol(mask: np.ndarray, kind: int, x: float, y: float, s: float):
     p = lambda pts: np.round(np.asarray(pts) * 16).astype(np.int32)  # noqa: E731
     k = kind % 5
     if k == 0:
-        pts = [(x, y + s * 0.3), (x + s * 0.15, y + s * 0.95), (x + s * 0.85, y + s * 0.95), (x + s, y + s * 0.3)]
+        pts = [
+            (x, y + s * 0.3),
+            (x + s * 0.15, y + s * 0.95),
+            (x + s * 0.85, y + s * 0.95),
+            (x + s, y + s * 0.3),
+        ]
         cv2.polylines(mask, [p(pts)], False, 1.0, t, cv2.LINE_AA, 4)
         wav = [(x + s * (0.05 + 0.9 * i / 8), y + s * (0.3 - 0.06 * (i % 2))) for i in range(9)]
         cv2.polylines(mask, [p(wav)], False, 1.0, t, cv2.LINE_AA, 4)
     elif k == 1:
         pts = [(x + s / 2, y + s * 0.05), (x + s, y + s * 0.95), (x, y + s * 0.95)]
         cv2.polylines(mask, [p(pts)], True, 1.0, t, cv2.LINE_AA, 4)
-        cv2.line(mask, tuple(p((x + s * 0.25, y + s * 0.4))), tuple(p((x + s * 0.75, y + s * 0.9))), 1.0, t,
-                 cv2.LINE_AA, 4)
+        cv2.line(
+            mask,
+            tuple(p((x + s * 0.25, y + s * 0.4))),
+            tuple(p((x + s * 0.75, y + s * 0.9))),
+            1.0,
+            t,
+            cv2.LINE_AA,
+            4,
+        )
     elif k == 2:
         cv2.rectangle(mask, tuple(p((x, y))), tuple(p((x + s, y + s))), 1.0, t, cv2.LINE_AA, 4)
         cv2.circle(mask, tuple(p((x + s / 2, y + s / 2))), round(s * 0.35 * 16), 1.0, t, cv2.LINE_AA, 4)
     elif k == 3:
-        pts = [(x, y + s * 0.9), (x + s, y + s * 0.9), (x + s * 0.9, y + s * 0.35), (x + s * 0.35, y + s * 0.35),
-               (x + s * 0.1, y + s * 0.6)]
+        pts = [
+            (x, y + s * 0.9),
+            (x + s, y + s * 0.9),
+            (x + s * 0.9, y + s * 0.35),
+            (x + s * 0.35, y + s * 0.35),
+            (x + s * 0.1, y + s * 0.6),
+        ]
         cv2.polylines(mask, [p(pts)], True, 1.0, t, cv2.LINE_AA, 4)
-        cv2.circle(mask, tuple(p((x + s * 0.6, y + s * 0.62))), max(1, round(s * 0.06 * 16)), 1.0, -1, cv2.LINE_AA, 4)
+        cv2.circle(
+            mask, tuple(p((x + s * 0.6, y + s * 0.62))), max(1, round(s * 0.06 * 16)), 1.0, -1, cv2.LINE_AA, 4
+        )
     else:
         cv2.circle(mask, tuple(p((x + s / 2, y + s / 2))), round(s * 0.45 * 16), 1.0, t, cv2.LINE_AA, 4)
         draw_text(mask, "P", x + s * 0.32, y + s * 0.68, s * 0.4)
@@ -46,7 +65,7 @@ def barcode_mask(code: str, module_px: float, bar_h_px: float) -> np.ndarray:
     """Anti-aliased EAN-13 bars (1 = ink), guard bars longer, with digits underneath; no quiet zone."""
     mods = modules(code)
     ss = 8  # supersample the 1-D profile for exact coverage of fractional module widths
-    n = int(math.ceil(95 * module_px)) + 1
+    n = math.ceil(95 * module_px) + 1
     xs = (np.arange(n * ss) + 0.5) / (ss * module_px)
     idx = np.clip(xs.astype(int), 0, 94)
     bars = (mods[idx] * (xs < 95)).reshape(n, ss).mean(1).astype(F32)
@@ -93,10 +112,13 @@ def label_layout(label: dict, ppm: float, defect: dict | None) -> dict:
     code_box = None
     if label.get("ean"):
         module = label["module"] * ppm
-        bh = label["bar_h"] * ppm
+        room = cap * 1.9 if label.get("overprint") else 0.0  # keep the overprint's strip free
+        # Bars as tall as planned, but never over the text above or the overprint below.
+        bh = min(label["bar_h"] * ppm, ph - (y + cap) - m - room - 9 * module)
+        bh = max(bh, 12 * module)
         bc = barcode_mask(label["ean"], module, bh)
         bx = int((pw - bc.shape[1]) / 2)
-        by = int(min(y + cap, ph - bc.shape[0] - m))
+        by = int(min(y + cap, ph - bc.shape[0] - m - room))
         hh, ww = min(bc.shape[0], ph - by), min(bc.shape[1], pw - bx)
         if hh > 0 and ww > 0 and by >= 0 and bx >= 0:
             ink[by : by + hh, bx : bx + ww] = np.maximum(ink[by : by + hh, bx : bx + ww], bc[:hh, :ww])
@@ -121,8 +143,10 @@ def _pose(label: dict, defect: dict | None) -> tuple[float, float, float]:
     return x, y, ang
 
 
-def render_label(img: np.ndarray, origin: tuple[int, int], ppm: float, label: dict, defect: dict | None) -> dict:
-    """Draw ``label`` (and its ``defect``) onto img in place; returns the barcode quad in canvas px, if any."""
+def render_label(
+    img: np.ndarray, origin: tuple[int, int], ppm: float, label: dict, defect: dict | None
+) -> dict:
+    """Draw ``label`` (and its ``defect``) onto img in place; returns its barcode quad (canvas px), if any."""
     sub = defect["subtype"] if defect is not None else None
     lay = label_layout(label, ppm, defect)
     pw, ph = lay["size"]
@@ -138,7 +162,11 @@ def render_label(img: np.ndarray, origin: tuple[int, int], ppm: float, label: di
         grain = 1 + 0.015 * rng.standard_normal((ph, pw)).astype(F32)
     else:  # woven/satin label: fine weft ribs
         yy = np.arange(ph, dtype=F32)[:, None]
-        grain = F32(0.93) + F32(0.07) * np.sin(yy * F32(2 * np.pi / max(0.3 * ppm, 2.1))) ** 2 + np.zeros((1, pw), F32)
+        grain = (
+            F32(0.93)
+            + F32(0.07) * np.sin(yy * F32(2 * np.pi / max(0.3 * ppm, 2.1))) ** 2
+            + np.zeros((1, pw), F32)
+        )
     rgb = bg * grain[..., None]
     if sub == "unreadable_label":
         ink = _damage(ink, lay, defect, ppm)
@@ -168,15 +196,29 @@ def _label_seams(label: dict, x: float, y: float, ang: float, hole_only: bool) -
     c, s = math.cos(ang), math.sin(ang)
     w, h = label["w"], label["h"]
     seams = []
-    ends = ((-w / 2 + 1.5, -h / 2, math.pi / 2), (w / 2 - 1.5, -h / 2, math.pi / 2)) if h < w else (
-        (-w / 2, -h / 2 + 1.5, 0.0), (-w / 2, h / 2 - 1.5, 0.0))
+    ends = (
+        ((-w / 2 + 1.5, -h / 2, math.pi / 2), (w / 2 - 1.5, -h / 2, math.pi / 2))
+        if h < w
+        else ((-w / 2, -h / 2 + 1.5, 0.0), (-w / 2, h / 2 - 1.5, 0.0))
+    )
     length = h if h < w else w
     for i, (u, v, a) in enumerate(ends):
-        seams.append({
-            "x": x + u * c - v * s, "y": y + u * s + v * c, "angle": ang + a, "length": length,
-            "rows": [0.0], "stitch": 2.2, "thick": 0.22, "colour": tuple(label["thread"]), "fold": None,
-            "seed": label["seed"] + 17 + i, "curve": 0.0, "holes_only": hole_only,
-        })
+        seams.append(
+            {
+                "x": x + u * c - v * s,
+                "y": y + u * s + v * c,
+                "angle": ang + a,
+                "length": length,
+                "rows": [0.0],
+                "stitch": 2.2,
+                "thick": 0.22,
+                "colour": tuple(label["thread"]),
+                "fold": None,
+                "seed": label["seed"] + 17 + i,
+                "curve": 0.0,
+                "holes_only": hole_only,
+            }
+        )
     return seams
 
 
@@ -193,13 +235,21 @@ def _label_traces(img, origin, ppm, label, lay, m):
     ph, pw = lay["body"].shape
     small = rng.standard_normal((6, 6)).astype(F32)
     n = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_CUBIC)
-    ed = np.minimum.reduce([np.arange(pw)[None, :] + np.zeros((ph, 1)), pw - 1 - np.arange(pw)[None, :] + np.zeros((ph, 1)),
-                            np.arange(ph)[:, None] + np.zeros((1, pw)), ph - 1 - np.arange(ph)[:, None] + np.zeros((1, pw))])
+    ed = np.minimum.reduce(
+        [
+            np.arange(pw)[None, :] + np.zeros((ph, 1)),
+            pw - 1 - np.arange(pw)[None, :] + np.zeros((ph, 1)),
+            np.arange(ph)[:, None] + np.zeros((1, pw)),
+            ph - 1 - np.arange(ph)[:, None] + np.zeros((1, pw)),
+        ]
+    )
     fibres = ((n > 0.6) & (ed < 0.15 * min(pw, ph))).astype(F32) * lay["body"]
     glue = lay["body"] * F32(0.75)
     a = warp_patch(glue, m, img.shape[:2])
     img *= (F32(1.0) - F32(0.14) * a)[..., None]
-    img += (F32(0.12) * a * np.clip(np.sin(np.arange(a.shape[1], dtype=F32) * F32(0.01)) + F32(0.3), 0, 1))[..., None]
+    img += (F32(0.12) * a * np.clip(np.sin(np.arange(a.shape[1], dtype=F32) * F32(0.01)) + F32(0.3), 0, 1))[
+        ..., None
+    ]
     f = warp_patch(fibres, m, img.shape[:2])
     bg = np.asarray(label["bg"], F32)
     img *= (F32(1.0) - f)[..., None]
@@ -269,5 +319,8 @@ def _tear(body: np.ndarray, rgb: np.ndarray, defect: dict, ppm: float):
     new_body = body * flap
     shade = np.clip(-side / max(2.0 * ppm, 1.0), 0, 1)
     rgb = rgb * (F32(1.0) - F32(0.3) * crease)[..., None]
-    rgb = rgb * (F32(1.0) - back_a[..., None]) + back * (F32(0.8) + F32(0.2) * shade)[..., None] * back_a[..., None]
+    rgb = (
+        rgb * (F32(1.0) - back_a[..., None])
+        + back * (F32(0.8) + F32(0.2) * shade)[..., None] * back_a[..., None]
+    )
     return new_body, rgb

@@ -10,8 +10,24 @@ import numpy as np
 from datasets.synth.paint import F32, draw_text, patch_matrix, text_width, warp_patch
 from datasets.synth.textures import gray, rgb3
 
-BRANDS = ("NORDVIK", "ALTAMAR", "KESTREL", "VELLUM", "ORIANA", "TASMAN", "BRIXTON", "MERIDA", "SOLENT", "ARKADIA",
-          "FJELL", "LUMA", "OKAPI", "RIVANO", "ZEPHYR", "KOBALT")
+BRANDS = (
+    "NORDVIK",
+    "ALTAMAR",
+    "KESTREL",
+    "VELLUM",
+    "ORIANA",
+    "TASMAN",
+    "BRIXTON",
+    "MERIDA",
+    "SOLENT",
+    "ARKADIA",
+    "FJELL",
+    "LUMA",
+    "OKAPI",
+    "RIVANO",
+    "ZEPHYR",
+    "KOBALT",
+)
 EMBLEMS = ("circle", "diamond", "star", "wave", "shield", "triangle", "none")
 
 
@@ -54,7 +70,8 @@ def artwork(logo: dict, ppm: float) -> tuple[np.ndarray, np.ndarray]:
                 poly = np.c_[cx + rad * np.cos(ang), cy + rad * np.sin(ang)]
                 cv2.fillPoly(emblem, [np.round(poly * 4).astype(np.int32)], 1.0, cv2.LINE_AA, 2)
     avail = pw - e - (0.08 * pw if e else 0.02 * pw)
-    cap = min(ph * 0.55, avail / max(text_width(text, 1.0, logo["font"], 1.6), 1e-3))
+    # Measured at a large size: cv2 rounds sizes and stroke widths to whole pixels.
+    cap = min(ph * 0.55, avail / max(text_width(text, 100.0, logo["font"], 1.6) / 100.0, 1e-3) * 0.96)
     tx = pw - avail + (avail - text_width(text, cap, logo["font"], 1.6)) / 2
     draw_text(words, text, tx, ph / 2 + cap / 2, cap, logo["font"], 1.6)
     return emblem, words
@@ -92,12 +109,16 @@ def render_logo(img: np.ndarray, origin: tuple[int, int], ppm: float, logo: dict
                 k = max(int(defect["length"] * ppm), 3)
                 kern = np.zeros((k, k), F32)
                 cv2.line(kern, (0, k // 2), (k - 1, k // 2), 1.0, 1)
-                rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), math.degrees(defect["direction"]), 1.0)
+                rot = cv2.getRotationMatrix2D(
+                    (k / 2 - 0.5, k / 2 - 0.5), math.degrees(defect["direction"]), 1.0
+                )
                 kern = cv2.warpAffine(kern, rot, (k, k))
                 kern /= max(kern.sum(), 1e-6)
                 smear = cv2.filter2D(mask, -1, kern, borderType=cv2.BORDER_CONSTANT)
                 smear = cv2.GaussianBlur(smear, (0, 0), max(0.15 * ppm, 0.6))
-                mask[:] = np.maximum(mask * (F32(1.0) - F32(0.35) * blob), np.clip(smear * 1.6, 0, 1) * blob * F32(0.9))
+                mask[:] = np.maximum(
+                    mask * (F32(1.0) - F32(0.35) * blob), np.clip(smear * 1.6, 0, 1) * blob * F32(0.9)
+                )
     m = patch_matrix(cx, cy, ang, pw, ph, origin)
     size = img.shape[:2]
     if sub == "missing_logo":
@@ -128,7 +149,8 @@ def _embroider(img, a, col, ppm, logo):
     stripes = F32(0.75) + F32(0.25) * np.sin(F32(2 * np.pi) * phase) ** 2
     sheen = F32(0.25) * np.clip(np.sin(F32(2 * np.pi) * phase + F32(1.0)), 0, 1) ** 4
     shadow = cv2.GaussianBlur(a, (0, 0), max(0.4 * ppm, 1.0))
-    shadow = np.roll(shadow, (max(int(0.3 * ppm), 1), max(int(0.3 * ppm), 1)), axis=(0, 1))
+    off = max(0.3 * ppm, 1.0)
+    shadow = cv2.warpAffine(shadow, np.float32([[1, 0, off], [0, 1, off]]), (w, h))
     img *= (F32(1.0) - F32(0.3) * shadow * (F32(1.0) - a))[..., None]
     thread = col * stripes[..., None] + sheen[..., None]
     img *= (F32(1.0) - a)[..., None]

@@ -8,7 +8,12 @@ import cv2
 import numpy as np
 
 F32 = np.float32
-FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX, cv2.FONT_HERSHEY_COMPLEX)
+FONTS = (
+    cv2.FONT_HERSHEY_SIMPLEX,
+    cv2.FONT_HERSHEY_DUPLEX,
+    cv2.FONT_HERSHEY_TRIPLEX,
+    cv2.FONT_HERSHEY_COMPLEX,
+)
 
 
 def draw_text(mask: np.ndarray, text: str, x: float, y: float, cap_px: float, font: int = 0, weight=1.0):
@@ -29,7 +34,7 @@ def text_width(text: str, cap_px: float, font: int = 0, weight=1.0) -> float:
 
 
 def patch_matrix(cx: float, cy: float, angle: float, pw: int, ph: int, origin=(0, 0)) -> np.ndarray:
-    """2x3 map from patch pixels (centre at pw/2, ph/2) to image pixels (centre at cx, cy px, canvas frame)."""
+    """2x3 map from patch pixels (centre pw/2, ph/2) to image pixels (centre cx, cy px, canvas frame)."""
     c, s = math.cos(angle), math.sin(angle)
     tx = cx - origin[0] - (c * pw / 2 - s * ph / 2)
     ty = cy - origin[1] - (s * pw / 2 + c * ph / 2)
@@ -37,15 +42,28 @@ def patch_matrix(cx: float, cy: float, angle: float, pw: int, ph: int, origin=(0
 
 
 def warp_patch(patch: np.ndarray, m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return cv2.warpAffine(patch, m, (shape[1], shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return cv2.warpAffine(
+        patch, m, (shape[1], shape[0]), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
 
 
-def composite(img: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, m: np.ndarray, shadow_px: float = 0.0,
-              shadow: float = 0.0):
-    """Place a patch (rgb, alpha) through affine ``m`` onto img in place, with an optional soft drop shadow."""
+def composite(
+    img: np.ndarray,
+    rgb: np.ndarray,
+    alpha: np.ndarray,
+    m: np.ndarray,
+    shadow_px: float = 0.0,
+    shadow: float = 0.0,
+):
+    """Place a patch (rgb, alpha) through affine ``m`` onto img in place, with an optional drop shadow."""
     h, w = img.shape[:2]
-    corners = m @ np.array([[0, 0, 1], [alpha.shape[1], 0, 1], [0, alpha.shape[0], 1],
-                            [alpha.shape[1], alpha.shape[0], 1]], np.float64).T
+    corners = (
+        m
+        @ np.array(
+            [[0, 0, 1], [alpha.shape[1], 0, 1], [0, alpha.shape[0], 1], [alpha.shape[1], alpha.shape[0], 1]],
+            np.float64,
+        ).T
+    )
     pad = int(3 * shadow_px) + 3
     x0, x1 = max(int(corners[0].min()) - pad, 0), min(int(corners[0].max()) + pad + 1, w)
     y0, y1 = max(int(corners[1].min()) - pad, 0), min(int(corners[1].max()) + pad + 1, h)

@@ -37,11 +37,27 @@ FABRICS = {
     "retail_box": ("paper",),
 }
 GARMENT_COLOURS = (
-    (0.12, 0.16, 0.3), (0.55, 0.1, 0.12), (0.85, 0.85, 0.82), (0.2, 0.2, 0.22), (0.35, 0.45, 0.3),
-    (0.75, 0.65, 0.45), (0.45, 0.55, 0.7), (0.8, 0.5, 0.2), (0.5, 0.3, 0.45), (0.9, 0.8, 0.3),
+    (0.12, 0.16, 0.3),
+    (0.55, 0.1, 0.12),
+    (0.85, 0.85, 0.82),
+    (0.2, 0.2, 0.22),
+    (0.35, 0.45, 0.3),
+    (0.75, 0.65, 0.45),
+    (0.45, 0.55, 0.7),
+    (0.8, 0.5, 0.2),
+    (0.5, 0.3, 0.45),
+    (0.9, 0.8, 0.3),
 )
-INKS = ((0.85, 0.1, 0.1), (0.95, 0.95, 0.92), (0.05, 0.05, 0.07), (0.1, 0.3, 0.75), (0.95, 0.75, 0.1),
-        (0.1, 0.55, 0.3), (0.9, 0.45, 0.1), (0.5, 0.1, 0.5))
+INKS = (
+    (0.85, 0.1, 0.1),
+    (0.95, 0.95, 0.92),
+    (0.05, 0.05, 0.07),
+    (0.1, 0.3, 0.75),
+    (0.95, 0.75, 0.1),
+    (0.1, 0.55, 0.3),
+    (0.9, 0.45, 0.1),
+    (0.5, 0.1, 0.5),
+)
 THREADS = ((0.92, 0.9, 0.85), (0.08, 0.08, 0.1), (0.85, 0.7, 0.3), (0.6, 0.15, 0.1), (0.3, 0.35, 0.6))
 
 
@@ -103,7 +119,9 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     width, height = _size(rng, config, size)
     # Defects first, so that the product and shot can carry them.
     families: list[str] = []
-    fam_w = {f: w for f, w in config.family_mix.items() if w > 0 and sum(config.subtype_weights(f).values()) > 0}
+    fam_w = {
+        f: w for f, w in config.family_mix.items() if w > 0 and sum(config.subtype_weights(f).values()) > 0
+    }
     if fam_w and rng.random() < config.defect_rate:
         families.append(_pick(rng, fam_w))
         while len(families) < config.max_defects and rng.random() < config.extra_defect_rate:
@@ -130,17 +148,31 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
     hand = _plan_hand(rng, wm, hm, parts, defects) if setting == "hand" else None
     return PhotoPlan(
-        seed=int(seed), index=int(index), width=width, height=height, ppm=float(ppm), milestone=milestone,
-        product=product, setting=setting, shot=shot, background=_plan_background(rng, setting),
-        regions=regions, parts=parts, defects=defects, conditions=_plan_conditions(rng, config, width),
-        hand=hand, lookalikes=lookalikes,
+        seed=int(seed),
+        index=int(index),
+        width=width,
+        height=height,
+        ppm=float(ppm),
+        milestone=milestone,
+        product=product,
+        setting=setting,
+        shot=shot,
+        background=_plan_background(rng, setting),
+        regions=regions,
+        parts=parts,
+        defects=defects,
+        conditions=_plan_conditions(rng, config, width),
+        hand=hand,
+        lookalikes=lookalikes,
     )
 
 
 def _plan_background(rng, setting: str) -> dict:
     if setting == "table":
         kind = str(rng.choice(["wood", "laminate", "laminate"]))
-        colour = (0.62, 0.45, 0.3) if kind == "wood" else _colour(rng, ((0.85, 0.85, 0.83), (0.6, 0.62, 0.64)))
+        colour = (
+            (0.62, 0.45, 0.3) if kind == "wood" else _colour(rng, ((0.85, 0.85, 0.83), (0.6, 0.62, 0.64)))
+        )
     elif setting == "floor":
         kind = "concrete"
         colour = _colour(rng, ((0.55, 0.55, 0.53), (0.42, 0.5, 0.45), (0.6, 0.58, 0.5)))
@@ -186,7 +218,7 @@ class Scene:
         if product == "carton":
             self.colour = _colour(rng, ((0.72, 0.56, 0.38), (0.78, 0.64, 0.46)), 0.03)
         elif product == "retail_box":
-            self.colour = _colour(rng, GARMENT_COLOURS + ((0.95, 0.95, 0.93),))
+            self.colour = _colour(rng, (*GARMENT_COLOURS, (0.95, 0.95, 0.93)))
         else:
             self.colour = _colour(rng, GARMENT_COLOURS)
         dark = float(np.mean(self.colour)) < 0.45
@@ -201,10 +233,18 @@ class Scene:
     def seam(self, x, y, angle, length, rows=(0.0,), fold=None, stitch=None, thick=None, **extra) -> dict:
         rng = self.rng
         s = {
-            "kind": "seam", "x": float(x), "y": float(y), "angle": float(angle), "length": float(length),
-            "rows": [float(r) for r in rows], "fold": None if fold is None else float(fold),
-            "stitch": float(stitch or rng.uniform(2.5, 4.0)), "thick": float(thick or rng.uniform(0.25, 0.5)),
-            "colour": self.thread, "seed": _seed(rng), "curve": float(extra.pop("curve", 0.0)),
+            "kind": "seam",
+            "x": float(x),
+            "y": float(y),
+            "angle": float(angle),
+            "length": float(length),
+            "rows": [float(r) for r in rows],
+            "fold": None if fold is None else float(fold),
+            "stitch": float(stitch or rng.uniform(2.5, 4.0)),
+            "thick": float(thick or rng.uniform(0.25, 0.5)),
+            "colour": self.thread,
+            "seed": _seed(rng),
+            "curve": float(extra.pop("curve", 0.0)),
             "light": float(rng.uniform(0.3, 0.9)),
         }
         s.update(extra)
@@ -220,9 +260,19 @@ class Scene:
         c1 = _colour(rng, INKS, 0.02)
         c2 = c1 if rng.random() < 0.5 else _colour(rng, INKS, 0.02)
         lg = {
-            "kind": "logo", "x": float(x), "y": float(y), "w": float(w), "h": float(h), "angle": float(angle),
-            "brand": brand, "emblem": emblem, "font": int(rng.integers(0, 4)), "style": style,
-            "colours": [c1, c2], "seed": _seed(rng), "opacity": float(rng.uniform(0.8, 0.95)),
+            "kind": "logo",
+            "x": float(x),
+            "y": float(y),
+            "w": float(w),
+            "h": float(h),
+            "angle": float(angle),
+            "brand": brand,
+            "emblem": emblem,
+            "font": int(rng.integers(0, 4)),
+            "style": style,
+            "colours": [c1, c2],
+            "seed": _seed(rng),
+            "opacity": float(rng.uniform(0.8, 0.95)),
         }
         self.parts.append(lg)
         return lg
@@ -235,28 +285,55 @@ class Scene:
         overprint = None
         if kind == "care":
             w, h = rng.uniform(28, 36), rng.uniform(45, 60)
-            lines = [str(rng.choice(["100% COTTON", "95% COTTON 5% ELASTANE", "60% COTTON 40% POLYESTER"])),
-                     "MADE IN " + str(rng.choice(["VIETNAM", "BANGLADESH", "INDIA", "CHINA", "TURKEY"])),
-                     "RN " + str(rng.integers(10000, 99999)), "SIZE " + str(rng.choice(["S", "M", "L", "XL"]))]
+            lines = [
+                str(rng.choice(["100% COTTON", "95% COTTON 5% ELASTANE", "60% COTTON 40% POLYESTER"])),
+                "MADE IN " + str(rng.choice(["VIETNAM", "BANGLADESH", "INDIA", "CHINA", "TURKEY"])),
+                "RN " + str(rng.integers(10000, 99999)),
+                "SIZE " + str(rng.choice(["S", "M", "L", "XL"])),
+            ]
             symbols = [int(v) for v in rng.permutation(5)[: int(rng.integers(3, 6))]]
-            material, bg, ink, cap = "satin", _colour(rng, ((0.95, 0.95, 0.93), (0.9, 0.88, 0.82)), 0.01), \
-                (0.1, 0.1, 0.12), rng.uniform(1.5, 2.0)
+            material, bg, ink, cap = (
+                "satin",
+                _colour(rng, ((0.95, 0.95, 0.93), (0.9, 0.88, 0.82)), 0.01),
+                (0.1, 0.1, 0.12),
+                rng.uniform(1.5, 2.0),
+            )
         elif kind == "brand":
             w, h = rng.uniform(40, 55), rng.uniform(14, 20)
             lines = [str(rng.choice(BRANDS)), "SIZE " + str(rng.choice(["S", "M", "L", "XL"]))]
-            material, bg, ink, cap = "woven", _colour(rng, ((0.08, 0.08, 0.1), (0.9, 0.88, 0.8), (0.5, 0.1, 0.1))), \
-                None, rng.uniform(2.5, 3.5)
+            material, bg, ink, cap = (
+                "woven",
+                _colour(rng, ((0.08, 0.08, 0.1), (0.9, 0.88, 0.8), (0.5, 0.1, 0.1))),
+                None,
+                rng.uniform(2.5, 3.5),
+            )
             ink = (0.92, 0.88, 0.7) if np.mean(bg) < 0.5 else (0.1, 0.1, 0.12)
         else:  # price sticker or carton label: paper with a barcode and a lot/date overprint
             big = kind == "carton"
-            w, h = (rng.uniform(90, 110), rng.uniform(65, 80)) if big else (rng.uniform(38, 50), rng.uniform(28, 36))
+            w, h = (
+                (rng.uniform(90, 110), rng.uniform(65, 80))
+                if big
+                else (rng.uniform(38, 50), rng.uniform(28, 36))
+            )
             ean = make_ean13(rng)
-            lines = (["PO " + str(rng.integers(4500000000, 4599999999)), "STYLE " + str(rng.integers(10000, 99999)),
-                      "QTY " + str(rng.integers(6, 48)) + " PCS"] if big
-                     else [str(rng.choice(BRANDS)) + " " + str(rng.choice(["TEE", "BAG", "CAP", "SHOE", "BALL"]))])
-            overprint = "LOT " + str(rng.integers(10000, 99999)) + " " + str(rng.integers(1, 13)).zfill(2) + "/27"
-            material, bg, ink, cap = "paper", _colour(rng, ((0.97, 0.97, 0.95), (0.95, 0.93, 0.85)), 0.01), \
-                (0.05, 0.05, 0.06), (rng.uniform(3.5, 4.5) if big else rng.uniform(1.8, 2.4))
+            lines = (
+                [
+                    "PO " + str(rng.integers(4500000000, 4599999999)),
+                    "STYLE " + str(rng.integers(10000, 99999)),
+                    "QTY " + str(rng.integers(6, 48)) + " PCS",
+                ]
+                if big
+                else [str(rng.choice(BRANDS)) + " " + str(rng.choice(["TEE", "BAG", "CAP", "SHOE", "BALL"]))]
+            )
+            overprint = (
+                "LOT " + str(rng.integers(10000, 99999)) + " " + str(rng.integers(1, 13)).zfill(2) + "/27"
+            )
+            material, bg, ink, cap = (
+                "paper",
+                _colour(rng, ((0.97, 0.97, 0.95), (0.95, 0.93, 0.85)), 0.01),
+                (0.05, 0.05, 0.06),
+                (rng.uniform(3.5, 4.5) if big else rng.uniform(1.8, 2.4)),
+            )
         module = 0.0
         bar_h = 0.0
         if ean:
@@ -264,21 +341,43 @@ class Scene:
             module = min(room_w / 95, (0.6 if kind == "carton" else 0.33) * rng.uniform(0.9, 1.25))
             bar_h = min(h * 0.42, module * 60)
         lb = {
-            "kind": "label", "type": kind, "x": float(x), "y": float(y), "w": float(w), "h": float(h),
-            "angle": float(angle), "material": material, "bg": bg, "ink": ink, "cap": float(cap),
-            "lines": lines, "symbols": symbols, "ean": ean, "module": float(module), "bar_h": float(bar_h),
-            "overprint": overprint, "over_x": float(rng.uniform(0.1, 0.3)), "over_y": 0.95,
-            "over_ink": _colour(rng, ((0.1, 0.1, 0.4), (0.1, 0.1, 0.1))), "sewn": on_fabric and kind in ("care", "brand"),
-            "thread": bg, "seed": _seed(rng), "font": int(rng.integers(0, 2)),
+            "kind": "label",
+            "type": kind,
+            "x": float(x),
+            "y": float(y),
+            "w": float(w),
+            "h": float(h),
+            "angle": float(angle),
+            "material": material,
+            "bg": bg,
+            "ink": ink,
+            "cap": float(cap),
+            "lines": lines,
+            "symbols": symbols,
+            "ean": ean,
+            "module": float(module),
+            "bar_h": float(bar_h),
+            "overprint": overprint,
+            "over_x": float(rng.uniform(0.1, 0.3)),
+            "over_y": 0.95,
+            "over_ink": _colour(rng, ((0.1, 0.1, 0.4), (0.1, 0.1, 0.1))),
+            "sewn": on_fabric and kind in ("care", "brand"),
+            "thread": bg,
+            "seed": _seed(rng),
+            "font": int(rng.integers(0, 2)),
         }
         self.parts.append(lb)
         return lb
 
     def region(self, poly, material=None, colour=None, shade=1.0, round_mm=15.0, kind="product") -> dict:
         r = {
-            "poly": np.asarray(poly, float).round(3).tolist(), "material": material or self.material,
-            "colour": colour or self.colour, "seed": _seed(self.rng), "shade": float(shade),
-            "round": float(round_mm), "kind": kind,
+            "poly": np.asarray(poly, float).round(3).tolist(),
+            "material": material or self.material,
+            "colour": colour or self.colour,
+            "seed": _seed(self.rng),
+            "shade": float(shade),
+            "round": float(round_mm),
+            "kind": kind,
         }
         self.regions.append(r)
         return r
@@ -293,7 +392,9 @@ class Scene:
 
     def _centre(self, w, h):
         rng = self.rng
-        return self.wm / 2 + rng.uniform(-0.05, 0.05) * self.wm, self.hm / 2 + rng.uniform(-0.05, 0.05) * self.hm
+        return self.wm / 2 + rng.uniform(-0.05, 0.05) * self.wm, self.hm / 2 + rng.uniform(
+            -0.05, 0.05
+        ) * self.hm
 
     def _closeup(self):
         rng, wm, hm = self.rng, self.wm, self.hm
@@ -311,26 +412,51 @@ class Scene:
             fold = -side * rng.uniform(2.5, 5.0)
             # The panel beyond the join is a shade apart (cut on another grain, or a second ply).
             nx, ny = -math.sin(ang), math.cos(ang)
-            far = [(x0 + nx * fold, y0 + ny * fold), (x0 + math.cos(ang) * length + nx * fold,
-                   y0 + math.sin(ang) * length + ny * fold)]
-            far += [(far[1][0] - nx * side * big, far[1][1] - ny * side * big),
-                    (far[0][0] - nx * side * big, far[0][1] - ny * side * big)]
+            far = [
+                (x0 + nx * fold, y0 + ny * fold),
+                (x0 + math.cos(ang) * length + nx * fold, y0 + math.sin(ang) * length + ny * fold),
+            ]
+            far += [
+                (far[1][0] - nx * side * big, far[1][1] - ny * side * big),
+                (far[0][0] - nx * side * big, far[0][1] - ny * side * big),
+            ]
             self.region(far, shade=rng.uniform(0.85, 1.1), round_mm=0.0, kind="shade")
-            self.seam(x0, y0, ang, length, rows, fold=fold, stitch=rng.uniform(2.5, 4.0), thick=rng.uniform(0.25, 0.5))
+            self.seam(
+                x0,
+                y0,
+                ang,
+                length,
+                rows,
+                fold=fold,
+                stitch=rng.uniform(2.5, 4.0),
+                thick=rng.uniform(0.25, 0.5),
+            )
         elif focus == "logo":
             w = min(wm, hm) * rng.uniform(0.45, 0.75) * (max(wm, hm) / min(wm, hm)) ** 0.5
             w = min(w, wm * 0.7)
             cx, cy = self._centre(w, w)
             self.logo(cx, cy, w, style="print" if self.product == "retail_box" else None)
         else:
-            kind = "carton" if self.product == "carton" else (
-                "price" if self.product == "retail_box" else str(rng.choice(["care", "brand", "price"])))
+            kind = (
+                "carton"
+                if self.product == "carton"
+                else (
+                    "price" if self.product == "retail_box" else str(rng.choice(["care", "brand", "price"]))
+                )
+            )
             cx, cy = self._centre(0, 0)
-            lb = self.label(kind, cx, cy, rng.normal(0, 0.02), on_fabric=self.product not in ("carton", "retail_box"))
+            lb = self.label(
+                kind, cx, cy, rng.normal(0, 0.02), on_fabric=self.product not in ("carton", "retail_box")
+            )
             scale = min(wm * 0.7 / lb["w"], hm * 0.7 / lb["h"], 1.0)
             if scale < 1:  # a carton label in a tight close-up: shoot it from a little further away
                 lb["w"], lb["h"], lb["cap"], lb["module"], lb["bar_h"] = (
-                    lb["w"] * scale, lb["h"] * scale, lb["cap"] * scale, lb["module"] * scale, lb["bar_h"] * scale)
+                    lb["w"] * scale,
+                    lb["h"] * scale,
+                    lb["cap"] * scale,
+                    lb["module"] * scale,
+                    lb["bar_h"] * scale,
+                )
 
     def _garment_panel(self):
         rng, wm, hm = self.rng, self.wm, self.hm
@@ -340,8 +466,11 @@ class Scene:
         taper = pw * rng.uniform(0.05, 0.15)
         self.region([(x0 + taper, y0), (x1 - taper, y0), (x1, y1), (x0, y1)])
         join = y0 + ph * rng.uniform(0.35, 0.6)
-        self.region([(x0 + taper * 0.5, join), (x1 - taper * 0.5, join), (x1, y1), (x0, y1)],
-                    shade=rng.uniform(0.85, 1.05), round_mm=0.0)
+        self.region(
+            [(x0 + taper * 0.5, join), (x1 - taper * 0.5, join), (x1, y1), (x0, y1)],
+            shade=rng.uniform(0.85, 1.05),
+            round_mm=0.0,
+        )
         self.seam(x0 + taper * 0.5 + 5, join + 5, 0.0, pw - taper - 10, (0.0, 6.4), fold=-5.0)
         self.seam(x0 + 8, y1 - 12, 0.0, pw - 16, (0.0,), fold=9.0)
         if rng.random() < 0.5:
@@ -356,10 +485,20 @@ class Scene:
         sl = bw * 0.38  # sleeve reach
         neck = bw * 0.2
         arm = top + th * 0.32
-        poly = [(cx - neck, top), (cx - bw / 2 - 10, top + th * 0.06), (cx - bw / 2 - sl * 0.7, top + th * 0.3),
-                (cx - bw / 2 - sl * 0.45, top + th * 0.42), (cx - bw / 2, arm), (cx - bw / 2, bot),
-                (cx + bw / 2, bot), (cx + bw / 2, arm), (cx + bw / 2 + sl * 0.45, top + th * 0.42),
-                (cx + bw / 2 + sl * 0.7, top + th * 0.3), (cx + bw / 2 + 10, top + th * 0.06), (cx + neck, top)]
+        poly = [
+            (cx - neck, top),
+            (cx - bw / 2 - 10, top + th * 0.06),
+            (cx - bw / 2 - sl * 0.7, top + th * 0.3),
+            (cx - bw / 2 - sl * 0.45, top + th * 0.42),
+            (cx - bw / 2, arm),
+            (cx - bw / 2, bot),
+            (cx + bw / 2, bot),
+            (cx + bw / 2, arm),
+            (cx + bw / 2 + sl * 0.45, top + th * 0.42),
+            (cx + bw / 2 + sl * 0.7, top + th * 0.3),
+            (cx + bw / 2 + 10, top + th * 0.06),
+            (cx + neck, top),
+        ]
         depth = th * 0.12
         xs = np.linspace(-neck, neck, 17)
         neckline = [(cx + x, top + depth * (1 - (x / neck) ** 2)) for x in xs[::-1]]
@@ -369,17 +508,22 @@ class Scene:
         self.region(rib + rib_in, shade=0.9, round_mm=4.0)
         self.seam(cx - neck, top + 2, 0.0, 2 * neck, (0.0,), fold=None, curve=depth - 2, stitch=3.0)
         self.seam(cx - bw / 2 + 8, bot - 14, 0.0, bw - 16, (0.0, 6.4), fold=10.0)
-        self.seam(cx - bw / 2 + 1, arm + 5, np.pi / 2, bot - arm - 20, (2.0,), fold=0.0)
-        self.seam(cx + bw / 2 - 1, arm + 5, np.pi / 2, bot - arm - 20, (-2.0,), fold=0.0)
-        for sgn in (-1, 1):  # sleeve hems, along the sleeve opening
+        # Side seams sit just inside the flat-lying edges; the join is the edge itself.
+        self.seam(cx - bw / 2 + 5, arm + 8, np.pi / 2, bot - arm - 30, (0.0,), fold=3.5)
+        self.seam(cx + bw / 2 - 5, arm + 8, np.pi / 2, bot - arm - 30, (0.0,), fold=-3.5)
+        neck_pt = np.array([cx, top])
+        for sgn in (-1, 1):  # sleeve hems: parallel to the sleeve opening, 15 mm in from it
             p = np.array([cx + sgn * (bw / 2 + sl * 0.7), top + th * 0.3])
             q = np.array([cx + sgn * (bw / 2 + sl * 0.45), top + th * 0.42])
             d = q - p
-            ang = math.atan2(d[1], d[0])
-            inward = np.array([-sgn * 14.0 * math.cos(0.4), 0.0])
-            a0 = p + inward + d * 0.08
-            self.seam(a0[0], a0[1], ang, float(np.linalg.norm(d)) * 0.84, (0.0,), fold=-8.0 * sgn)
-        self.logo(cx + rng.uniform(-0.02, 0.02) * bw, top + th * rng.uniform(0.3, 0.38), bw * rng.uniform(0.3, 0.5))
+            length = float(np.linalg.norm(d))
+            n = np.array([-d[1], d[0]]) / length  # the seam frame's +v
+            inward = 1.0 if np.dot(n, neck_pt - p) > 0 else -1.0
+            a0 = p + n * inward * 15 + d * 0.08
+            self.seam(a0[0], a0[1], math.atan2(d[1], d[0]), length * 0.84, (0.0,), fold=-inward * 12.0)
+        self.logo(
+            cx + rng.uniform(-0.02, 0.02) * bw, top + th * rng.uniform(0.3, 0.38), bw * rng.uniform(0.3, 0.5)
+        )
         if rng.random() < 0.8:
             self.label("brand", cx - bw / 2 + 40 + rng.uniform(0, 40), bot - 32, 0.0)
 
@@ -393,7 +537,10 @@ class Scene:
             t = np.linspace(0, np.pi, 20)
             hx = cx + sgn * bw * 0.22
             outer = [(hx + math.cos(a) * bw * 0.12, y0 + 5 - math.sin(a) * bh * 0.45) for a in t]
-            inner = [(hx + math.cos(a) * (bw * 0.12 - 22), y0 + 5 - math.sin(a) * (bh * 0.45 - 22)) for a in t[::-1]]
+            inner = [
+                (hx + math.cos(a) * (bw * 0.12 - 22), y0 + 5 - math.sin(a) * (bh * 0.45 - 22))
+                for a in t[::-1]
+            ]
             self.region(outer + inner, shade=0.9, round_mm=6.0)
         self.region([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], round_mm=20.0)
         self.seam(x0 + 10, y0 + 14, 0.0, bw - 20, (0.0,), fold=-9.0)
@@ -409,13 +556,25 @@ class Scene:
         cx, cy = self._centre(sw, sh)
         x0, y0, x1, y1 = cx - sw / 2, cy - sh / 2, cx + sw / 2, cy + sh / 2
         sole_h = sh * 0.22
-        upper = [(x0 + sw * 0.02, y1 - sole_h), (x0, y0 + sh * 0.25), (x0 + sw * 0.12, y0), (x0 + sw * 0.38, y0 + sh * 0.05),
-                 (x0 + sw * 0.55, y0 + sh * 0.35), (x1 - sw * 0.12, y0 + sh * 0.5), (x1, y1 - sole_h * 1.2),
-                 (x1 - 5, y1 - sole_h)]
+        upper = [
+            (x0 + sw * 0.02, y1 - sole_h),
+            (x0, y0 + sh * 0.25),
+            (x0 + sw * 0.12, y0),
+            (x0 + sw * 0.38, y0 + sh * 0.05),
+            (x0 + sw * 0.55, y0 + sh * 0.35),
+            (x1 - sw * 0.12, y0 + sh * 0.5),
+            (x1, y1 - sole_h * 1.2),
+            (x1 - 5, y1 - sole_h),
+        ]
         self.region(upper, round_mm=20.0)
         sole = [(x0 - 4, y1 - sole_h), (x1 + 2, y1 - sole_h), (x1 - 8, y1), (x0 + 8, y1)]
-        self.region(sole, material="rubber", colour=_colour(self.rng, ((0.92, 0.92, 0.9), (0.15, 0.15, 0.15))),
-                    shade=1.0, round_mm=5.0)
+        self.region(
+            sole,
+            material="rubber",
+            colour=_colour(self.rng, ((0.92, 0.92, 0.9), (0.15, 0.15, 0.15))),
+            shade=1.0,
+            round_mm=5.0,
+        )
         self.seam(x0 + 10, y1 - sole_h - 6, 0.0, sw - 25, (0.0,), fold=6.0, stitch=3.5, thick=0.5)
         ang = math.atan2(sh * 0.45, sw * 0.45)
         self.seam(x0 + sw * 0.42, y0 + sh * 0.18, ang, sw * 0.45, (0.0, 4.0), fold=None)
@@ -426,14 +585,26 @@ class Scene:
         r = min(wm, hm) * rng.uniform(0.35, 0.42)
         cx, cy = self._centre(r, r)
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-        self.region([(cx + r * math.cos(a), cy + r * math.sin(a)) for a in t], round_mm=r * 0.9, kind="sphere")
+        self.region(
+            [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in t], round_mm=r * 0.9, kind="sphere"
+        )
         # Panel seams: a pentagon at the centre with spokes out to the rim.
         pr = r * 0.32
-        corners = [(cx + pr * math.cos(a), cy + pr * math.sin(a)) for a in np.arange(5) * 2 * np.pi / 5 - np.pi / 2]
+        corners = [
+            (cx + pr * math.cos(a), cy + pr * math.sin(a)) for a in np.arange(5) * 2 * np.pi / 5 - np.pi / 2
+        ]
         for i in range(5):
             (ax, ay), (bx, by) = corners[i], corners[(i + 1) % 5]
-            self.seam(ax, ay, math.atan2(by - ay, bx - ax), math.hypot(bx - ax, by - ay), (0.0,), fold=0.0,
-                      stitch=4.0, thick=0.45)
+            self.seam(
+                ax,
+                ay,
+                math.atan2(by - ay, bx - ax),
+                math.hypot(bx - ax, by - ay),
+                (0.0,),
+                fold=0.0,
+                stitch=4.0,
+                thick=0.45,
+            )
             spoke = math.atan2(ay - cy, ax - cx)
             self.seam(ax, ay, spoke, r * 0.55, (0.0,), fold=0.0, stitch=4.0, thick=0.45)
         self.logo(cx + rng.uniform(-0.1, 0.1) * r, cy + r * 0.55, r * 0.6, style="print")
@@ -445,20 +616,50 @@ class Scene:
         cy += fh * 0.12
         x0, y0, x1, y1 = cx - fw / 2, cy - fh / 2, cx + fw / 2, cy + fh / 2
         depth, skew = fh * rng.uniform(0.25, 0.4), fw * rng.uniform(0.1, 0.2)
-        self.region([(x0, y0), (x0 + skew, y0 - depth), (x1 + skew, y0 - depth), (x1, y0)], shade=1.12, round_mm=2.0)
-        self.region([(x1, y0), (x1 + skew, y0 - depth), (x1 + skew, y1 - depth), (x1, y1)], shade=0.75, round_mm=2.0)
+        self.region(
+            [(x0, y0), (x0 + skew, y0 - depth), (x1 + skew, y0 - depth), (x1, y0)], shade=1.12, round_mm=2.0
+        )
+        self.region(
+            [(x1, y0), (x1 + skew, y0 - depth), (x1 + skew, y1 - depth), (x1, y1)], shade=0.75, round_mm=2.0
+        )
         self.region([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], round_mm=2.0)
         tape = 48
         mid = (x0 + x1) / 2
-        self.region([(mid - tape / 2, y0), (mid - tape / 2 + skew, y0 - depth), (mid + tape / 2 + skew, y0 - depth),
-                     (mid + tape / 2, y0)], material="paper", colour=(0.62, 0.45, 0.28), shade=1.1, round_mm=0.5,
-                    kind="tape")
+        self.region(
+            [
+                (mid - tape / 2, y0),
+                (mid - tape / 2 + skew, y0 - depth),
+                (mid + tape / 2 + skew, y0 - depth),
+                (mid + tape / 2, y0),
+            ],
+            material="paper",
+            colour=(0.62, 0.45, 0.28),
+            shade=1.1,
+            round_mm=0.5,
+            kind="tape",
+        )
         marks = self.label("carton", x0 + fw * 0.3, cy, 0.0, on_fabric=False)
-        marks.update({"type": "marks", "material": "print", "w": fw * 0.42, "h": fh * 0.62, "ean": None,
-                      "cap": min(fh * 0.05, 14.0), "overprint": "CTN " + str(rng.integers(1, 60)) + " OF 240",
-                      "over_y": 0.93, "over_x": 0.08, "ink": (0.08, 0.08, 0.1),
-                      "lines": ["PO " + str(rng.integers(4500000000, 4599999999)), "STYLE " + str(rng.integers(10000, 99999)),
-                                "MADE IN VIETNAM", "N.W. " + str(rng.integers(8, 16)) + " KG", "MEAS 60X40X35 CM"]})
+        marks.update(
+            {
+                "type": "marks",
+                "material": "print",
+                "w": fw * 0.42,
+                "h": fh * 0.62,
+                "ean": None,
+                "cap": min(fh * 0.05, 14.0),
+                "overprint": "CTN " + str(rng.integers(1, 60)) + " OF 240",
+                "over_y": 0.93,
+                "over_x": 0.08,
+                "ink": (0.08, 0.08, 0.1),
+                "lines": [
+                    "PO " + str(rng.integers(4500000000, 4599999999)),
+                    "STYLE " + str(rng.integers(10000, 99999)),
+                    "MADE IN VIETNAM",
+                    "N.W. " + str(rng.integers(8, 16)) + " KG",
+                    "MEAS 60X40X35 CM",
+                ],
+            }
+        )
         self.label("carton", x0 + fw * 0.75, cy + fh * 0.05, rng.normal(0, 0.01), on_fabric=False)
 
     def _retail_box(self):
@@ -467,7 +668,11 @@ class Scene:
         cx, cy = self._centre(bw, bh)
         x0, y0, x1, y1 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
         side = bw * rng.uniform(0.15, 0.25)
-        self.region([(x1, y0), (x1 + side, y0 - side * 0.4), (x1 + side, y1 - side * 0.4), (x1, y1)], shade=0.72, round_mm=2.0)
+        self.region(
+            [(x1, y0), (x1 + side, y0 - side * 0.4), (x1 + side, y1 - side * 0.4), (x1, y1)],
+            shade=0.72,
+            round_mm=2.0,
+        )
         self.region([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], round_mm=2.0)
         self.logo(cx, y0 + bh * 0.28, bw * rng.uniform(0.5, 0.7), style="print")
         self.label("price", x0 + bw * 0.7, y1 - bh * 0.2, 0.0, on_fabric=False)
@@ -547,21 +752,31 @@ def _defect_params(rng, subtype, part, shot, wm, hm, margin) -> dict | None:
         u0 = float(rng.uniform(lo, hi - want))
         d = {"u0": u0, "u1": u0 + want, "row": int(rng.integers(len(part["rows"])))}
         if subtype == "skipped_stitch":
-            d.update(skips=int(rng.integers(1, 3)) + (1 if whole else 0), sag=float(rng.uniform(0.3, 0.7)) * (2 if whole else 1))
+            d.update(
+                skips=int(rng.integers(1, 3)) + (1 if whole else 0),
+                sag=float(rng.uniform(0.3, 0.7)) * (2 if whole else 1),
+            )
         elif subtype in ("broken_thread", "open_seam"):
-            d.update(tails=(float(rng.uniform(2, 5)), float(rng.uniform(2, 5))),
-                     tail_slope=float(rng.uniform(0.3, 0.8) * rng.choice([-1, 1])))
+            d.update(
+                tails=(float(rng.uniform(2, 5)), float(rng.uniform(2, 5))),
+                tail_slope=float(rng.uniform(0.3, 0.8) * rng.choice([-1, 1])),
+            )
             if subtype == "open_seam":
                 d.update(row=-1, gap=float(rng.uniform(4, 8) if whole else rng.uniform(1.5, 4)))
         elif subtype == "uneven_stitch_length":
             d["jitter"] = (rng.uniform(0.25, 0.45, 8) * np.tile([1, -1], 4) * rng.choice([-1, 1])).tolist()
         elif subtype == "wavy_seam":
-            d.update(amp=float(rng.uniform(3, 6) if whole else rng.uniform(1.0, 2.5)),
-                     wave=float(want / rng.uniform(1.0, 2.0)))
+            d.update(
+                amp=float(rng.uniform(3, 6) if whole else rng.uniform(1.0, 2.5)),
+                wave=float(want / rng.uniform(1.0, 2.0)),
+            )
         elif subtype == "puckering":
-            d.update(amp=float(rng.uniform(0.5, 1.0) * (1.6 if whole else 1)),
-                     wave=float(rng.uniform(8, 14) if whole else rng.uniform(4, 8)),
-                     spread=float(rng.uniform(8, 14) if whole else rng.uniform(4, 8)), phase=float(rng.uniform(0, 6.28)))
+            d.update(
+                amp=float(rng.uniform(0.5, 1.0) * (1.6 if whole else 1)),
+                wave=float(rng.uniform(8, 14) if whole else rng.uniform(4, 8)),
+                spread=float(rng.uniform(8, 14) if whole else rng.uniform(4, 8)),
+                phase=float(rng.uniform(0, 6.28)),
+            )
         return d
     if part["kind"] == "logo":
         if subtype == "offset_logo":
@@ -571,9 +786,14 @@ def _defect_params(rng, subtype, part, shot, wm, hm, margin) -> dict | None:
             k = 0.4 if rot else 1.0
             return {"dx": float(mag * math.cos(a) * k), "dy": float(mag * math.sin(a) * k), "dangle": rot}
         if subtype in ("smudged_print", "partly_missing_print"):
-            return {"fx": float(rng.uniform(0.25, 0.75)), "fy": float(rng.uniform(0.3, 0.7)),
-                    "radius": float(rng.uniform(0.35, 0.6)), "seed": _seed(rng),
-                    "direction": float(rng.uniform(0, 2 * np.pi)), "length": float(part["w"] * rng.uniform(0.03, 0.07))}
+            return {
+                "fx": float(rng.uniform(0.25, 0.75)),
+                "fy": float(rng.uniform(0.3, 0.7)),
+                "radius": float(rng.uniform(0.35, 0.6)),
+                "seed": _seed(rng),
+                "direction": float(rng.uniform(0, 2 * np.pi)),
+                "length": float(part["w"] * rng.uniform(0.03, 0.07)),
+            }
         if subtype == "wrong_colour":
             cols = []
             for c in part["colours"]:
@@ -584,18 +804,35 @@ def _defect_params(rng, subtype, part, shot, wm, hm, margin) -> dict | None:
     # labels
     if subtype == "crooked_label":
         rot = float(np.radians(rng.uniform(7, 18)) * rng.choice([-1, 1]))
-        return {"dangle": rot, "dx": float(rng.uniform(-0.15, 0.15) * part["w"]), "dy": float(rng.uniform(-0.1, 0.1) * part["h"])}
+        return {
+            "dangle": rot,
+            "dx": float(rng.uniform(-0.15, 0.15) * part["w"]),
+            "dy": float(rng.uniform(-0.1, 0.1) * part["h"]),
+        }
     if subtype == "torn_label":
-        return {"corner": int(rng.integers(4)), "fa": float(rng.uniform(0.3, 0.55)), "fb": float(rng.uniform(0.35, 0.6)),
-                "mode": str(rng.choice(["fold", "tear"])), "seed": _seed(rng),
-                "back": tuple(float(v) for v in np.asarray(part["bg"]) * 0.82)}
+        return {
+            "corner": int(rng.integers(4)),
+            "fa": float(rng.uniform(0.3, 0.55)),
+            "fb": float(rng.uniform(0.35, 0.6)),
+            "mode": str(rng.choice(["fold", "tear"])),
+            "seed": _seed(rng),
+            "back": tuple(float(v) for v in np.asarray(part["bg"]) * 0.82),
+        }
     if subtype == "unreadable_label":
-        return {"f0": float(rng.uniform(0.15, 0.45)), "width": float(rng.uniform(0.3, 0.45)),
-                "spread": float(rng.uniform(0.6, 1.4) * max(part.get("module", 0.33) / 0.33, 1.0)),
-                "scuff": float(rng.uniform(0.8, 1.8))}
+        return {
+            "f0": float(rng.uniform(0.15, 0.45)),
+            "width": float(rng.uniform(0.3, 0.45)),
+            "spread": float(rng.uniform(0.6, 1.4) * max(part.get("module", 0.33) / 0.33, 1.0)),
+            "scuff": float(rng.uniform(0.8, 1.8)),
+        }
     if subtype == "misplaced_overprint":
-        return {"dx": float(rng.uniform(0.2, 0.4) * part["w"] * rng.choice([-1, 1]) * (0.5 if part["over_x"] > 0.5 else 1)),
-                "dy": float(-rng.uniform(0.12, 0.3) * part["h"]), "dangle": float(rng.uniform(-0.25, 0.25))}
+        return {
+            "dx": float(
+                rng.uniform(0.2, 0.4) * part["w"] * rng.choice([-1, 1]) * (0.5 if part["over_x"] > 0.5 else 1)
+            ),
+            "dy": float(-rng.uniform(0.12, 0.3) * part["h"]),
+            "dangle": float(rng.uniform(-0.25, 0.25)),
+        }
     return {}
 
 
@@ -615,15 +852,33 @@ def _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product) -> list
         out.append("decorative_stitch")
     elif kind in ("wrinkle", "decorative") and product not in ("carton", "retail_box", "ball"):
         x, y = rng.uniform(0.2, 0.8) * wm, rng.uniform(0.2, 0.8) * hm
-        parts.append({"kind": "wrinkle", "x": float(x), "y": float(y), "angle": float(rng.uniform(0, np.pi)),
-                      "length": float(max(wm, hm) * rng.uniform(0.3, 0.6)), "width": float(max(wm, hm) * rng.uniform(0.01, 0.03)),
-                      "amp": float(rng.uniform(0.5, 1.0)), "seed": _seed(rng)})
+        parts.append(
+            {
+                "kind": "wrinkle",
+                "x": float(x),
+                "y": float(y),
+                "angle": float(rng.uniform(0, np.pi)),
+                "length": float(max(wm, hm) * rng.uniform(0.3, 0.6)),
+                "width": float(max(wm, hm) * rng.uniform(0.01, 0.03)),
+                "amp": float(rng.uniform(0.5, 1.0)),
+                "seed": _seed(rng),
+            }
+        )
         out.append("wrinkle")
     else:
         x, y = rng.uniform(0.2, 0.8) * wm, rng.uniform(0.2, 0.8) * hm
-        parts.append({"kind": "glare", "x": float(x), "y": float(y), "angle": float(rng.uniform(0, np.pi)),
-                      "rx": float(max(wm, hm) * rng.uniform(0.03, 0.1)), "ry": float(max(wm, hm) * rng.uniform(0.01, 0.03)),
-                      "strength": float(rng.uniform(0.25, 0.6)), "seed": _seed(rng)})
+        parts.append(
+            {
+                "kind": "glare",
+                "x": float(x),
+                "y": float(y),
+                "angle": float(rng.uniform(0, np.pi)),
+                "rx": float(max(wm, hm) * rng.uniform(0.03, 0.1)),
+                "ry": float(max(wm, hm) * rng.uniform(0.01, 0.03)),
+                "strength": float(rng.uniform(0.25, 0.6)),
+                "seed": _seed(rng),
+            }
+        )
         out.append("reflection")
     return out
 
@@ -633,14 +888,28 @@ def _plan_hand(rng, wm, hm, parts, defects) -> dict:
     pts = []
     for d in defects:
         p = parts[d["part"]]
-        pts.append((p["x"], p["y"]))
+        if p["kind"] == "seam":  # where along the seam the defect is
+            um = (d["u0"] + d["u1"]) / 2
+            pts.append((p["x"] + math.cos(p["angle"]) * um, p["y"] + math.sin(p["angle"]) * um))
+        else:
+            pts.append((p["x"], p["y"]))
     sides = ["bottom", "left", "right", "top"]
     if pts:
-        dist = {"bottom": min(hm - y for _, y in pts), "left": min(x for x, _ in pts),
-                "right": min(wm - x for x, _ in pts), "top": min(y for _, y in pts)}
+        dist = {
+            "bottom": min(hm - y for _, y in pts),
+            "left": min(x for x, _ in pts),
+            "right": min(wm - x for x, _ in pts),
+            "top": min(y for _, y in pts),
+        }
         side = max(sides, key=lambda s: dist[s])
     else:
         side = sides[int(rng.integers(3))]
     tone = _colour(rng, ((0.85, 0.66, 0.55), (0.62, 0.45, 0.33), (0.42, 0.29, 0.2), (0.9, 0.75, 0.62)), 0.03)
-    return {"side": side, "pos": float(rng.uniform(0.25, 0.75)), "size": float(min(wm, hm) * rng.uniform(0.25, 0.4)),
-            "tone": tone, "seed": _seed(rng), "angle": float(rng.uniform(-0.3, 0.3))}
+    return {
+        "side": side,
+        "pos": float(rng.uniform(0.25, 0.75)),
+        "size": float(min(wm, hm) * rng.uniform(0.25, 0.4)),
+        "tone": tone,
+        "seed": _seed(rng),
+        "angle": float(rng.uniform(-0.3, 0.3)),
+    }

@@ -35,10 +35,19 @@ def _one(index: int) -> dict:
     (_JOB["out"] / name).write_bytes(buf.tobytes())
     families = sorted({a["family"] for a in photo.annotations}, key=FAMILIES.index)
     image = {
-        "file_name": name, "width": plan.width, "height": plan.height, "labels": families,
-        "scene": plan.setting, "product": plan.product, "milestone": plan.milestone, "shot": plan.shot,
-        "px_per_mm": round(photo.px_per_mm, 4), "barcodes": photo.barcodes, "lookalikes": photo.lookalikes,
-        "seed": int(_JOB["seed"]), "index": int(index),
+        "file_name": name,
+        "width": plan.width,
+        "height": plan.height,
+        "labels": families,
+        "scene": plan.setting,
+        "product": plan.product,
+        "milestone": plan.milestone,
+        "shot": plan.shot,
+        "px_per_mm": round(photo.px_per_mm, 4),
+        "barcodes": photo.barcodes,
+        "lookalikes": photo.lookalikes,
+        "seed": int(_JOB["seed"]),
+        "index": int(index),
     }
     return {"image": image, "annotations": photo.annotations}
 
@@ -77,7 +86,11 @@ def generate_po(
         for ann in res["annotations"]:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
     coco = {
-        "info": {"description": "Loupe synthetic inspection photos", "seed": int(seed), "generator": "datasets.synth"},
+        "info": {
+            "description": "Loupe synthetic inspection photos",
+            "seed": int(seed),
+            "generator": "datasets.synth",
+        },
         "images": images,
         "annotations": annotations,
         "categories": coco_categories(),

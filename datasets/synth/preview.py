@@ -56,7 +56,7 @@ def _tile(dataset: Path, image: dict, anns: list[dict], cats: dict, tile: int) -
         family = a.get("family") or cats.get(a.get("category_id"), "?")
         colour = FAMILY_COLOURS.get(family, (0, 230, 255))
         x, y, w, h = (v * s for v in a["bbox"])
-        p0, p1 = (int(x), int(y)), (int(math.ceil(x + w)), int(math.ceil(y + h)))
+        p0, p1 = (int(x), int(y)), (math.ceil(x + w), math.ceil(y + h))
         cv2.rectangle(small, p0, p1, (0, 0, 0), 3)
         cv2.rectangle(small, p0, p1, colour, 1)
         text = a.get("subtype") or family

@@ -13,6 +13,7 @@ import numpy as np
 import zxingcpp
 
 from datasets.synth.conditions import apply_camera, camera_homography
+from datasets.synth.hands import draw_hand
 from datasets.synth.labels import render_label
 from datasets.synth.logos import render_logo
 from datasets.synth.plan import PhotoPlan
@@ -62,7 +63,7 @@ def render_photo(plan: PhotoPlan, without: set[int] | frozenset[int] = frozenset
         if info:
             quads.append(info)
     if plan.hand is not None:
-        _hand(canvas, plan)
+        draw_hand(canvas, plan.hand, plan.ppm)
     hom, zoom = camera_homography(plan)
     rgb, margin = apply_camera(canvas, plan, hom)
     annotations = [_annotation(plan, k, masks[k], hom, margin) for k in sorted(masks)]
@@ -116,8 +117,9 @@ def _product(canvas: np.ndarray, plan: PhotoPlan):
             else:
                 shade *= F32(0.78) + F32(0.22) * np.sqrt(np.clip(dist / F32(reg["round"]), 0, 1))
         if reg["kind"] == "tape":  # glossy parcel tape: a broad sheen
-            shade *= F32(1.0) + F32(0.15) * smooth_noise(np.random.default_rng(reg["seed"]), *alpha.shape,
-                                                         40 * ppm).clip(-1, 1)
+            shade *= F32(1.0) + F32(0.15) * smooth_noise(
+                np.random.default_rng(reg["seed"]), *alpha.shape, 40 * ppm
+            ).clip(-1, 1)
         if reg["material"] in ("woven", "twill", "knit", "canvas") and plan.shot == "whole":
             shade *= _folds(reg["seed"], alpha.shape, ppm, light)
         region = canvas[y0:y1, x0:x1]
@@ -130,13 +132,26 @@ def _product(canvas: np.ndarray, plan: PhotoPlan):
 
 
 def _folds(seed: int, shape, ppm: float, light: float) -> np.ndarray:
-    """Soft drape folds of a garment lying on a table, as a shading field (drawn small, scaled up)."""
+    """Soft drape folds of cloth lying on a table: a few long ridges and some lumpiness, as shading
+    (computed at 1/8 size and scaled up: folds are tens of millimetres wide)."""
     rng = np.random.default_rng(seed + 1)
-    sh, sw = max(shape[0] // 8, 4), max(shape[1] // 8, 4)
-    hgt = fbm(rng, sh, sw, 60 * ppm / 8, 2)
+    f = 8
+    sh, sw = max(shape[0] // f, 4), max(shape[1] // f, 4)
+    mm = ppm / f  # small-grid pixels per mm
+    yy, xx = np.mgrid[0:sh, 0:sw].astype(F32)
+    hgt = F32(0.4) * fbm(rng, sh, sw, 50 * mm, 2)
+    for _ in range(int(rng.integers(2, 5))):
+        cx, cy, ang = rng.uniform(0, sw), rng.uniform(0, sh), rng.uniform(0, np.pi)
+        length, width = rng.uniform(150, 400) * mm, rng.uniform(10, 30) * mm
+        u = (xx - F32(cx)) * F32(math.cos(ang)) + (yy - F32(cy)) * F32(math.sin(ang))
+        v = -(xx - F32(cx)) * F32(math.sin(ang)) + (yy - F32(cy)) * F32(math.cos(ang))
+        taper = np.clip(F32(1.0) - (u / F32(length / 2)) ** 2, 0, 1)
+        hgt += F32(rng.uniform(0.6, 1.2)) * np.exp(-((v / F32(width)) ** 2)) * taper
     gy, gx = np.gradient(hgt)
-    s = F32(1.0) + F32(3.5 * ppm / 8 * 0.15) * (gx * F32(math.cos(light)) + gy * F32(math.sin(light)))
-    return cv2.resize(np.clip(s, 0.75, 1.2), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    slope = gx * F32(math.cos(light)) + gy * F32(math.sin(light))
+    scale = F32(0.13) / max(float(np.percentile(np.abs(slope), 99)), 1e-4)
+    s = np.clip(F32(1.0) + slope * scale, 0.8, 1.15)
+    return cv2.resize(s, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def _drop_shadow(canvas: np.ndarray, plan: PhotoPlan):
@@ -154,43 +169,6 @@ def _drop_shadow(canvas: np.ndarray, plan: PhotoPlan):
     small = cv2.GaussianBlur(small, (0, 0), 10 * ppm + 1)
     sh = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)[:h, :w]
     canvas *= rgb3(F32(1.0) - F32(0.45) * sh)
-
-
-def _hand(canvas: np.ndarray, plan: PhotoPlan):
-    """A hand at the edge of the photo holding the product: palm, four fingers and a thumb in skin tone."""
-    hd = plan.hand
-    h, w = canvas.shape[:2]
-    ppm = plan.ppm
-    s = hd["size"] * ppm
-    side = hd["side"]
-    if side in ("bottom", "top"):
-        cx, cy = hd["pos"] * w, (h + s * 0.25 if side == "bottom" else -s * 0.25)
-        base = -math.pi / 2 if side == "bottom" else math.pi / 2
-    else:
-        cx, cy = (-s * 0.25 if side == "left" else w + s * 0.25), hd["pos"] * h
-        base = 0.0 if side == "left" else math.pi
-    base += hd["angle"]
-    mask = np.zeros((h, w), np.uint8)
-    c, sn = math.cos(base), math.sin(base)
-    palm = ((cx, cy), (s * 0.9, s * 0.6), math.degrees(base))
-    cv2.ellipse(mask, palm, 255, -1, cv2.LINE_AA)
-    for j, (off, length) in enumerate(((-0.3, 0.75), (-0.1, 0.85), (0.1, 0.8), (0.28, 0.65), (-0.55, 0.55))):
-        ang = base + (0.9 if j == 4 else 0.0)
-        ox, oy = cx + (-sn) * off * s + c * s * 0.3, cy + c * off * s + sn * s * 0.3
-        ex, ey = ox + math.cos(ang) * length * s, oy + math.sin(ang) * length * s
-        cv2.line(mask, (round(ox), round(oy)), (round(ex), round(ey)), 255, max(int(s * 0.16), 2), cv2.LINE_AA)
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    a = mask[y0:y1, x0:x1].astype(F32) / F32(255.0)
-    tex = material("skin", hd["seed"], y1 - y0, x1 - x0, ppm, hd["tone"])
-    dist = cv2.distanceTransform((a > 0.5).astype(np.uint8), cv2.DIST_L2, 3)
-    shade = F32(0.6) + F32(0.45) * np.sqrt(np.clip(dist / F32(max(s * 0.08, 1)), 0, 1))
-    region = canvas[y0:y1, x0:x1]
-    sh = cv2.GaussianBlur(a, (0, 0), max(s * 0.04, 1.0))
-    region *= rgb3((F32(1.0) - F32(0.35) * sh) * (F32(1.0) - a))
-    region += tex * rgb3(a * shade)
 
 
 # -- parts ------------------------------------------------------------------------------------------
@@ -280,8 +258,8 @@ def _annotation(plan, k, roi_mask, hom, margin) -> dict | None:
         hw, hh = (bx1 - bx0) * f / 2, (by1 - by0) * f / 2
         side = math.sqrt(min_area)
         hw, hh = max(hw, min(side / 2, hw * 3)), max(hh, min(side / 2, hh * 3))
-        bx0, bx1 = max(int(cx - hw), 0), min(int(math.ceil(cx + hw)), w)
-        by0, by1 = max(int(cy - hh), 0), min(int(math.ceil(cy + hh)), h)
+        bx0, bx1 = max(int(cx - hw), 0), min(math.ceil(cx + hw), w)
+        by0, by1 = max(int(cy - hh), 0), min(math.ceil(cy + hh), h)
     closed = cv2.morphologyEx(grown, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
     contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     seg = []
@@ -308,13 +286,13 @@ def plan_min_area(plan: PhotoPlan) -> float:
 
 
 def _readable_barcodes(rgb: np.ndarray, quads: list[dict], hom: np.ndarray) -> list[dict]:
-    """Barcodes that zxing-cpp actually reads in the finished photo (too small or blurred ones are left out)."""
+    """Barcodes that zxing-cpp reads in the finished photo (too small or blurred ones are left out)."""
     out = []
     h, w = rgb.shape[:2]
     for q in quads:
         pts = cv2.perspectiveTransform(np.asarray(q["quad"], np.float64)[None], hom)[0]
         x0, y0 = max(int(pts[:, 0].min()), 0), max(int(pts[:, 1].min()), 0)
-        x1, y1 = min(int(math.ceil(pts[:, 0].max())), w), min(int(math.ceil(pts[:, 1].max())), h)
+        x1, y1 = min(math.ceil(pts[:, 0].max()), w), min(math.ceil(pts[:, 1].max()), h)
         if x1 - x0 < 20 or y1 - y0 < 5:
             continue
         pad = int((x1 - x0) * 0.2) + 4

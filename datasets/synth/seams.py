@@ -16,6 +16,7 @@ import numpy as np
 
 F32 = np.float32
 
+
 def seam_reach(seam: dict, defect: dict | None = None) -> float:
     """Half-width (mm) of the band around the seam line that rendering may touch."""
     # Rows reach ~3 mm (thread, tails, holes); the join line's relief reaches 5 mm either side of it.
@@ -102,18 +103,20 @@ def _row_geometry(seam: dict, row: int, defect: dict | None) -> dict:
             b = holes[1:] - 0.4 * thick
             b[k0] = a[k0] + tails[0]
             a[k1 - 1] = b[k1 - 1] - tails[1]
-            return _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis)
+            return _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis, seam["length"])
     a = holes[:-1] + 0.4 * thick
     b = holes[1:] - 0.4 * thick
     if sub == "skipped_stitch":
         k0, span_end = defect["_span"]
         b[k0] = span_end - 0.4 * thick[k0]
-    return _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis)
+    return _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis, seam["length"])
 
 
-def _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis) -> dict:
-    # Remove absent spans from the search so a long float is found by searchsorted.
-    keep = present & (b > a)
+def _pack(a, b, lat, slope, sag, thick, shade, present, holes, hole_vis, length) -> dict:
+    # Remove absent spans from the search so a long float is found by searchsorted; the seam ends where
+    # it is meant to (the last stitch holes are the last ones).
+    keep = present & (b > a) & (b <= length)
+    hole_vis = np.where(holes <= length + 0.1, hole_vis, 0.0).astype(F32)
     return {
         "a": a[keep].astype(F32),
         "b": b[keep].astype(F32),
@@ -138,9 +141,9 @@ def _lateral(seam: dict, u: np.ndarray, defect: dict | None) -> np.ndarray:
     length = seam["length"]
     d = F32(seam.get("curve", 0.0)) * (F32(4.0) * (u / F32(length)) * (F32(1.0) - u / F32(length)))
     if defect is not None and defect["subtype"] == "wavy_seam":
-        d = d + F32(defect["amp"]) * np.sin(F32(2 * np.pi) * (u - F32(defect["u0"])) / F32(defect["wave"])) * (
-            _window(u, defect["u0"], defect["u1"])
-        )
+        d = d + F32(defect["amp"]) * np.sin(
+            F32(2 * np.pi) * (u - F32(defect["u0"])) / F32(defect["wave"])
+        ) * (_window(u, defect["u0"], defect["u1"]))
     if defect is not None and defect["subtype"] == "puckering":
         d = d + F32(0.25 * defect["amp"]) * np.sin(F32(2 * np.pi) * u / F32(defect["wave"])) * _window(
             u, defect["u0"], defect["u1"]
@@ -160,7 +163,7 @@ def render_seam(img: np.ndarray, origin: tuple[int, int], ppm: float, seam: dict
     reach = seam_reach(seam, defect)
     rows = [_row_geometry(seam, r, defect) for r in range(len(seam["rows"]))]
     chunk_mm = max(384.0 / ppm, 8.0)
-    n_chunks = max(1, int(math.ceil((length + 2 * reach) / chunk_mm)))
+    n_chunks = max(1, math.ceil((length + 2 * reach) / chunk_mm))
     for k in range(n_chunks):
         ua = -reach + k * chunk_mm
         ub = min(ua + chunk_mm, length + reach)
@@ -201,20 +204,25 @@ def _render_flat(uu, vv, ppm, seam, rows, defect):
     light = F32(seam.get("light", 0.6))
     # Panel join: a fine dark crease with a raised, lit ridge on the seam-allowance side.
     if fold is not None:
-        near = np.flatnonzero(np.abs(vv - F32(fold)) < 5.0)
+        near = np.flatnonzero((np.abs(vv - F32(fold)) < 5.0) & (uu > 0) & (uu < F32(seam["length"])))
         dv = vv[near] - F32(fold)
+        un = uu[near]
+        # The join ends with the seam (fading over a millimetre, not cut).
+        ends = np.clip(np.minimum(un, F32(seam["length"]) - un), 0, 1)
         side = F32(np.sign(fold) or 1.0)
         f = F32(1.0) - F32(0.35) * np.exp(-((dv / (F32(0.22) + px)) ** 2))
         f *= F32(1.0) + F32(0.07) * np.exp(-(((dv + side * F32(1.6)) / F32(1.3)) ** 2)) * light
         f *= F32(1.0) - F32(0.05) * np.exp(-(((dv - side * F32(1.5)) / F32(1.2)) ** 2))
-        fabric[near] *= f
+        fabric[near] *= F32(1.0) + (f - F32(1.0)) * ends
     if sub == "puckering":
         win = _window(uu, defect["u0"], defect["u1"])
         k = F32(2 * np.pi / defect["wave"])
         env = np.exp(-(((vv - lat) / F32(defect["spread"])) ** 2)) * win
         phase = k * uu + F32(defect.get("phase", 0.0)) + F32(0.35) * np.sin(vv * F32(0.5))
         dh_du = F32(defect["amp"]) * k * np.cos(phase) * env
-        dh_dv = F32(defect["amp"]) * np.sin(phase) * env * (F32(-2.0) * (vv - lat) / F32(defect["spread"]) ** 2)
+        dh_dv = (
+            F32(defect["amp"]) * np.sin(phase) * env * (F32(-2.0) * (vv - lat) / F32(defect["spread"]) ** 2)
+        )
         fabric *= F32(1.0) + F32(0.55) * (F32(0.8) * dh_du + F32(0.45) * dh_dv)
     if sub == "open_seam" and fold is not None:
         win = np.clip((uu - F32(defect["u0"])) / F32(defect["u1"] - defect["u0"]), 0, 1)
@@ -230,8 +238,17 @@ def _render_flat(uu, vv, ppm, seam, rows, defect):
     colours = seam.get("colours")
     for r, geo in enumerate(rows):
         col = np.asarray(colours[r], F32) if colours else colour
-        reach = 1.0 + float(np.max(np.abs(geo["slope"]), initial=0)) * 4.0 + float(np.max(np.abs(geo["sag"]), initial=0))
-        near = np.flatnonzero(np.abs(vv - lat - F32(seam["rows"][r])) < reach + 4 * px)
+        # Thread and holes lie within ~1 mm of the row; tails and sagging floats reach further, but only
+        # where a defect is, so the band stays the same everywhere else (a defect changes nothing else).
+        dist = np.abs(vv - lat - F32(seam["rows"][r]))
+        band = dist < F32(1.0) + F32(4) * px
+        if defect is not None:
+            wide = F32(1.0) + F32(
+                np.max(np.abs(geo["slope"]), initial=0) * 5.0 + np.max(np.abs(geo["sag"]), initial=0)
+            )
+            lo, hi = F32(defect.get("u0", 0.0) - 6.0), F32(defect.get("u1", 0.0) + 6.0)
+            band |= (dist < wide + F32(4) * px) & (uu > lo) & (uu < hi)
+        near = np.flatnonzero(band)
         if near.size == 0:
             continue
         u = uu[near]

@@ -66,7 +66,11 @@ def fbm(rng: np.random.Generator, h: int, w: int, cell_px: float, octaves: int =
     for cell in cells:
         rel = cell / finest
         if rel <= 1.0:
-            layer = white_noise(rng, sh, sw) if finest <= 1.0 else _grid_noise(rng, sh * finest, sw * finest, finest)[:sh, :sw]
+            layer = (
+                white_noise(rng, sh, sw)
+                if finest <= 1.0
+                else _grid_noise(rng, sh * finest, sw * finest, finest)[:sh, :sw]
+            )
         else:
             layer = _upscale(_grid_noise(rng, sh, sw, rel), sh, sw)
         out += F32(amp) * layer[:sh, :sw]
@@ -105,16 +109,16 @@ def _grid(h: int, w: int):
 
 def _tile_grid(ppx_x: float, ppx_y: float, mult: int = 1, target: int = 640):
     """Pixel grid of a tile holding a whole number of thread periods (so tiling shows no seam)."""
-    nx = max(mult, int(round(target / ppx_x / mult)) * mult)
-    ny = max(mult, int(round(target / ppx_y / mult)) * mult)
-    tw, th = max(int(round(nx * ppx_x)), 4), max(int(round(ny * ppx_y)), 4)
+    nx = max(mult, round(target / ppx_x / mult) * mult)
+    ny = max(mult, round(target / ppx_y / mult) * mult)
+    tw, th = max(round(nx * ppx_x), 4), max(round(ny * ppx_y), 4)
     x = (np.arange(tw, dtype=F32)[None, :] + F32(0.5)) * F32(nx / tw)
     y = (np.arange(th, dtype=F32)[:, None] + F32(0.5)) * F32(ny / th)
     return x, y, nx, ny
 
 
 def _lay_tile(rng, tile: np.ndarray, h: int, w: int, wobble_px: float, cell_px: float) -> np.ndarray:
-    """Repeat a tile over (h, w) from a random offset, then bend it gently (threads are never ruler-straight)."""
+    """Repeat a tile over (h, w) from a random offset, then bend it gently (threads are never straight)."""
     th, tw = tile.shape
     reps = (h // th + 2, w // tw + 2)
     oy, ox = int(rng.integers(th)), int(rng.integers(tw))
@@ -139,8 +143,8 @@ def woven(rng, h, w, ppm, colour, pitch_mm=0.35, twill=False) -> np.ndarray:
         ix, iy = np.floor(fx), np.floor(fy)
         px = np.sqrt(np.sin(np.pi * (fx - ix)))
         py = np.sqrt(np.sin(np.pi * (fy - iy)))
-        sx = (1 + 0.12 * rng.standard_normal(nx)).astype(F32)[ix.astype(np.int64) % nx]
-        sy = (1 + 0.12 * rng.standard_normal(ny)).astype(F32)[iy.astype(np.int64) % ny]
+        sx = (1 + 0.05 * rng.standard_normal(nx)).astype(F32)[ix.astype(np.int64) % nx]
+        sy = (1 + 0.05 * rng.standard_normal(ny)).astype(F32)[iy.astype(np.int64) % ny]
         over = ((ix + iy) % period) < (period / 2)
         tile = np.where(over, px * (0.8 + 0.2 * py) * sx, py * (0.8 + 0.2 * px) * sy).astype(F32)
         tile = F32(0.6) + F32(0.4) * tile
@@ -171,10 +175,10 @@ def knit(rng, h, w, ppm, colour, wale_mm=0.9) -> np.ndarray:
 
 def leather(rng, h, w, ppm, colour) -> np.ndarray:
     """Grain leather: a net of fine creases and pores over a mottled base."""
-    crease_n = fbm(rng, h, w, 1.4 * ppm, 2)
-    crease = np.exp(-((crease_n / 0.13) ** 2))
-    pores = np.clip(smooth_noise(rng, h, w, max(0.3 * ppm, 1.0)) - 1.6, 0, 1)
-    lum = 0.95 - 0.16 * crease - 0.25 * pores + 0.06 * fbm(rng, h, w, 25 * ppm, 3)
+    crease_n = fbm(rng, h, w, 0.9 * ppm, 2)
+    crease = np.exp(-((crease_n / 0.09) ** 2))
+    pores = np.clip(smooth_noise(rng, h, w, max(0.25 * ppm, 1.0)) - 1.8, 0, 1)
+    lum = 0.95 - 0.07 * crease - 0.2 * pores + 0.06 * fbm(rng, h, w, 25 * ppm, 3)
     lum += 0.015 * smooth_noise(rng, h, w, 1.0)
     return _colourise(lum.astype(F32), colour, rng, 0.03)
 
@@ -201,13 +205,16 @@ def paper(rng, h, w, ppm, colour) -> np.ndarray:
 
 
 def wood(rng, h, w, ppm, colour) -> np.ndarray:
-    """A wooden table top: growth rings stretched along x, bent by low-frequency noise."""
-    _, y = _grid(h, w)
-    bend = fbm(rng, h, w, 120 * ppm, 2) * F32(25 * ppm)
-    rings = np.sin(2 * np.pi * (y + bend) / F32(9 * ppm)) ** 2
-    gh, gw = max(2, int(h / max(0.4 * ppm, 1))), max(2, int(w / max(30 * ppm, 1)))
+    """A wooden table top: long grain streaks along x, a few soft growth bands, planks."""
+    gh, gw = max(2, int(h / max(0.5 * ppm, 1))), max(2, int(w / max(40 * ppm, 1)))
     grain = cv2.resize(white_noise(rng, gh, gw), (w, h), interpolation=cv2.INTER_LINEAR)
-    lum = 0.8 + 0.12 * rings + 0.04 * grain + 0.05 * fbm(rng, h, w, 60 * ppm, 2)
+    gh2, gw2 = max(2, int(h / max(6 * ppm, 1))), max(2, int(w / max(150 * ppm, 1)))
+    bands = cv2.resize(white_noise(rng, gh2, gw2), (w, h), interpolation=cv2.INTER_CUBIC)
+    lum = 0.82 + 0.035 * grain + 0.06 * bands + 0.04 * fbm(rng, h, w, 80 * ppm, 2)
+    plank = 120 * ppm * rng.uniform(0.8, 1.3)
+    y = np.arange(h, dtype=F32)[:, None]
+    seam = np.exp(-((((y % F32(plank)) - F32(1.0)) / F32(max(0.4 * ppm, 1.0))) ** 2))
+    lum = lum * (F32(1.0) - F32(0.25) * seam)
     return _colourise(lum.astype(F32), colour, rng, 0.04)
 
 

@@ -12,11 +12,17 @@ from loupe.apps import data_app
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", help="Folder to write images/, annotations.json and summary.json to."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write images/, annotations.json and summary.json to."
+    ),
     photos: int = typer.Option(300, "--photos", min=1, help="Number of photos in the PO."),
     seed: int = typer.Option(7, "--seed", help="Same seed and config give byte-identical output."),
-    size: str | None = typer.Option(None, "--size", help="WIDTHxHEIGHT, e.g. 2000x1500 (default: the config's mix)."),
-    config: str = typer.Option("synth.yaml", "--config", help="Generator config: a name in configs/ or a path."),
+    size: str | None = typer.Option(
+        None, "--size", help="WIDTHxHEIGHT, e.g. 2000x1500 (default: the config's mix)."
+    ),
+    config: str = typer.Option(
+        "synth.yaml", "--config", help="Generator config: a name in configs/ or a path."
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Worker processes."),
 ) -> None:
     """Generate a synthetic PO of inspection photos with exact defect boxes, masks and subtypes."""
@@ -35,7 +41,9 @@ def synth(
 
 @data_app.command("preview")
 def preview(
-    dataset: Path = typer.Argument(..., help="Dataset folder holding annotations.json (any dataset in the contract)."),
+    dataset: Path = typer.Argument(
+        ..., help="Dataset folder holding annotations.json (any dataset in the contract)."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Contact sheet PNG (default: DATASET/preview.png)."),
     max_photos: int = typer.Option(24, "--max", min=1, help="Most photos on the sheet."),
 ) -> None:

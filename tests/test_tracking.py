@@ -1,0 +1,82 @@
+"""MLflow store location and model references, against a real SQLite store in tmp_path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.refs import ModelRefError, resolve_model_ref
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "data"
+
+
+def test_default_store_is_sqlite_under_the_data_folder(data_dir, monkeypatch):
+    from training.tracking import tracking_uri
+
+    assert tracking_uri() == f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_resolve_bundle_folder_and_errors_name_the_ref_and_the_fix(tmp_path, data_dir):
+    bundle = tmp_path / "runs" / "x" / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text(json.dumps({}))
+    assert resolve_model_ref(str(bundle), "classifier") == bundle
+    assert resolve_model_ref(str(tmp_path / "runs" / "x"), "classifier") == bundle  # the run folder works too
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelRefError, match=r"'.*empty' is not a model bundle folder.*bundle\.json"):
+        resolve_model_ref(str(empty), "classifier")
+    with pytest.raises(ModelRefError, match=r"'nowhere/model' not found: use 'default', a bundle folder"):
+        resolve_model_ref("nowhere/model", "classifier")
+    with pytest.raises(ModelRefError, match=r"not a registry URI: write 'models:/<name>@<alias>'"):
+        resolve_model_ref("models:/loupe-classifier", "classifier")
+    with pytest.raises(ModelRefError, match="task must be one of"):
+        resolve_model_ref("default", "segmenter")
+
+
+def test_unregistered_model_in_a_real_store_says_how_to_register(data_dir):
+    from training.tracking import ensure_experiment
+
+    ensure_experiment("loupe-classifier")  # creates the SQLite store
+    with pytest.raises(ModelRefError, match=r"not found in the MLflow registry .*--register --champion"):
+        resolve_model_ref("models:/loupe-classifier@champion", "classifier")
+    with pytest.raises(ModelRefError, match=r"'models:/loupe-detector/3' not found"):
+        resolve_model_ref("models:/loupe-detector/3", "detector")
+    assert (data_dir / "mlflow.db").is_file()
+    assert (data_dir / "mlartifacts").is_dir()
+
+
+def test_tracked_run_logs_config_metrics_and_restores_environment(data_dir, tmp_path):
+    import os
+
+    import mlflow
+
+    from training.tracking import log_metrics, tracked_run
+
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("lr: 0.01\n")
+    with tracked_run(
+        "loupe-test", "r1", {"lr": 0.01, "cache": {"crops_per_box": 3}}, config_file, data_version="abc123"
+    ) as run:
+        log_metrics({"train/loss": 1.0, "val/auroc": float("nan")}, step=1)
+        log_metrics({"train/loss": 0.5}, step=2)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(uri)
+    got = client.get_run(run.info.run_id)
+    assert got.data.params == {"lr": "0.01", "cache.crops_per_box": "3", "data_version": "abc123"}
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1.0, 0.5]
+    assert "val/auroc" not in got.data.metrics  # NaN (undefined metric) is not logged
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/recipe.yaml"]
+    assert got.info.artifact_uri.startswith((data_dir / "mlartifacts").resolve().as_uri())
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,91 @@
+"""The tile cache's crop rules and the balanced batch sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cv.prep import PrepSettings
+from training.config import CacheSettings
+from training.data import (
+    LOOKALIKE,
+    POSITIVE,
+    RANDOM,
+    TileCache,
+    balanced_batches,
+    crop_targets,
+    crops_from_photo,
+    lookalike_boxes_work,
+)
+
+
+def test_box_counts_for_a_crop_when_half_of_it_is_inside():
+    boxes = np.array([[90, 10, 110, 30], [60, 60, 100, 100], [0, 0, 400, 400]], np.float32)
+    fams = np.array([0, 1, 2])
+    subs = np.array([1, -1, 12])
+    # crop 0..100 seen at 50 px: box 0 is half inside (counts), box 1 fully inside, box 2 covers the crop
+    b, f, s, labels = crop_targets(boxes, fams, subs, (0, 0, 100, 100), 50, 0.5)
+    assert labels.tolist() == [1, 1, 1]
+    assert np.allclose(b[0], [45, 5, 50, 15]) and np.allclose(b[1], [30, 30, 50, 50])
+    assert s.tolist() == [1, -1, 12]
+    # box 0 only 40 % inside: dropped; the carton-sized box 2 still counts (it fills the crop)
+    b, f, s, labels = crop_targets(boxes[[0, 2]], fams[[0, 2]], subs[[0, 2]], (0, 0, 98, 98), 98, 0.5)
+    assert labels.tolist() == [0, 0, 1] and f.tolist() == [2]
+
+
+def test_crops_around_every_box_with_scale_jitter_and_negatives():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    prep = PrepSettings(work_long_side=400, tile_size=100, tile_overlap=10, input_size=64)
+    settings = CacheSettings(crops_per_box=3, negatives_per_photo=4, scale_jitter=(0.8, 1.25))
+    boxes = np.array([[200, 150, 220, 160]], np.float32)
+    crops = crops_from_photo(
+        rgb, boxes, np.array([0]), np.array([0]), np.zeros((0, 4)), prep, settings, rng, 2
+    )
+    kinds = [c[5] for c in crops]
+    assert kinds.count(POSITIVE) == 3 and kinds.count(RANDOM) == 4
+    assert all(c[0].shape == (64, 64, 3) and c[0].dtype == np.uint8 for c in crops)
+    for _crop, b, _f, _s, labels, kind in crops:
+        if kind == POSITIVE:  # the box (20×10 px at working scale) is seen whole at 64/(100·s) px per px
+            assert labels[0] == 1 and len(b) == 1
+            w = b[0, 2] - b[0, 0]
+            assert 20 * 64 / 125 - 0.01 <= w <= 20 * 64 / 80 + 0.01
+        if kind == LOOKALIKE:
+            assert not labels.any()  # a hard negative never holds a defect
+
+
+def test_lookalikes_recorded_by_name_are_not_mistaken_for_boxes():
+    image = {"width": 800, "height": 600, "lookalikes": ["lint", "fold"], "hard_negatives": [[80, 60, 8, 6]]}
+    out = lookalike_boxes_work(image, (300, 400, 3))
+    assert np.allclose(out, [[40, 30, 44, 33]])
+
+
+def _cache(labels, kinds):
+    n = len(labels)
+    empty = [np.zeros((0, 4), np.float32)] * n
+    return TileCache(
+        crops=np.zeros((n, 8, 8, 3), np.uint8),
+        labels=np.asarray(labels, np.uint8),
+        kinds=np.asarray(kinds),
+        photo_ids=np.zeros(n, np.int64),
+        boxes=empty,
+        box_families=[np.zeros(0, np.int64)] * n,
+        box_subtypes=[np.zeros(0, np.int64)] * n,
+    )
+
+
+def test_batches_hold_the_positive_fraction_and_balance_families():
+    # 90 stitching crops, 10 label crops, 200 negatives of which 20 hard
+    labels = [[1, 0, 0]] * 90 + [[0, 0, 1]] * 10 + [[0, 0, 0]] * 200
+    kinds = [POSITIVE] * 100 + [LOOKALIKE] * 20 + [RANDOM] * 180
+    cache = _cache(labels, kinds)
+    batches = list(balanced_batches(cache, 20, 0.5, 300, np.random.default_rng(1)))
+    assert len(batches) == 300 and all(len(b) == 20 for b in batches)
+    idx = np.concatenate(batches)
+    has_defect = cache.labels[idx].any(axis=1)
+    assert all(cache.labels[b].any(axis=1).sum() == 10 for b in batches)
+    # the rare family is drawn about as often as the common one (weights 1/count)
+    stitching, label = cache.labels[idx, 0].sum(), cache.labels[idx, 2].sum()
+    assert 0.8 < stitching / label < 1.25
+    # hard negatives are about a third of the negatives although they are a tenth of them
+    hard = (cache.kinds[idx] == LOOKALIKE) & ~has_defect
+    assert 0.28 < hard.sum() / (~has_defect).sum() < 0.39
