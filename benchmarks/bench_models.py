@@ -48,6 +48,16 @@ def median_ms(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def gflops(model: torch.nn.Module, size: int) -> float:
+    """Forward GFLOPs per tile: a load-independent cost figure for a shared machine."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
 def bench_training(size: int, batch: int, threads: int, freeze: int) -> None:
     """Seconds per optimiser step (forward + backward + Adam) of each model on random tiles."""
     from models.detector import detector_loss, encode_targets
@@ -93,9 +103,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, cpus={os.cpu_count()}")
     print(f"load average at start: {os.getloadavg()[0]:.1f}")
     print(
-        "| model | input | batch | torch ms/tile wall (cpu) | ORT ms/tile wall (cpu) | ORT speed-up (cpu) |"
+        "| model | input | GFLOPs | batch | torch ms/tile wall (cpu) | ORT ms/tile wall (cpu) | cpu ratio |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for task, (arch, kwargs) in ARCHS.items():
         torch.manual_seed(0)
         model = build_model(arch, **kwargs)
@@ -109,18 +119,19 @@ def main() -> None:
         tp = load_predictor(folder, backend="torch", threads=1)
         op = load_predictor(folder, backend="onnx", threads=1)
         for size in args.sizes:
+            flops = gflops(tp._runner, size)
             for batch in args.batches:
                 x = np.random.default_rng(0).normal(0, 0.5, (batch, 3, size, size)).astype(np.float32)
                 reps = max(3, args.repeats // max(1, batch // 4))
                 tw, tc = (v / batch for v in median_ms(lambda x=x, tp=tp: tp.raw(x), reps))
                 ow, oc = (v / batch for v in median_ms(lambda x=x, op=op: op.raw(x), reps))
                 cells = f"{tw:.1f} ({tc:.1f}) | {ow:.1f} ({oc:.1f}) | {tc / oc:.1f}x"
-                print(f"| {task} | {size} | {batch} | {cells} |")
+                print(f"| {task} | {size} | {flops:.2f} | {batch} | {cells} |")
         if task == "detector":
             x = np.random.default_rng(0).normal(0, 0.5, (16, 3, 320, 320)).astype(np.float32)
             raw = op.raw(x)
             dw, dc = median_ms(lambda raw=raw: decode_detections(raw, 0.05, 100, input_size=320), 10)
-            print(f"| detector numpy decode (top 100) | 320 | 16 | {dw / 16:.2f} ({dc / 16:.2f}) | | |")
+            print(f"| detector numpy decode (top 100) | 320 | | 16 | {dw / 16:.2f} ({dc / 16:.2f}) | | |")
         hp = load_predictor(half, backend="torch", threads=1)
         x = np.random.default_rng(1).normal(0, 0.5, (16, 3, 320, 320)).astype(np.float32)
         diff = float(np.abs(hp.run(x) - tp.run(x)).max())

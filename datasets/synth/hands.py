@@ -38,7 +38,8 @@ def _finger(canvas, base, angle, length, width, tone, seed, ppm):
     shade *= F32(1.0) - F32(0.25) * np.clip((F32(length) - u) / F32(length) - F32(0.7), 0, 1)
     for frac in (0.45, 0.72):  # knuckle creases
         shade *= F32(1.0) - F32(0.12) * np.exp(-(((u - F32(frac * length)) / F32(width * 0.05 + 0.5)) ** 2))
-    nail = (u > F32(length) - F32(2.3) * rt) & (u < F32(length) - F32(0.25) * rt) & (np.abs(v) < F32(0.62) * r)
+    near_tip = (u > F32(length) - F32(2.3) * rt) & (u < F32(length) - F32(0.25) * rt)
+    nail = near_tip & (np.abs(v) < F32(0.62) * r)
     nail_a = cv2.GaussianBlur(nail.astype(F32), (0, 0), max(width * 0.04, 0.6))
     tex = material("skin", seed, y1 - y0, x1 - x0, ppm, tone)
     tex *= rgb3(shade)

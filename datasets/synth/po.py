@@ -77,8 +77,8 @@ def generate_po(
         _init(*args)
         results = [_one(i) for i in range(photos)]
     else:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers, initializer=_init, initargs=args) as pool:
+        # Spawned, not forked: a fork of a process whose OpenCV thread pool has run can deadlock.
+        with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=args) as pool:
             results = pool.map(_one, range(photos), chunksize=1)
     images, annotations = [], []
     for image_id, res in enumerate(results, start=1):
