@@ -13,7 +13,6 @@ import math
 import os
 import random
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -296,8 +295,12 @@ def train(
         if ckpt["config"]["epochs"] == config.epochs:
             scheduler.load_state_dict(ckpt["scheduler"])
         else:  # more epochs than planned: the schedule is stretched, then caught up to where we are
-            for _ in range((ckpt["epoch"] + 1) * steps):
-                scheduler.step()
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+                for _ in range((ckpt["epoch"] + 1) * steps):
+                    scheduler.step()
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_score, best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
@@ -306,8 +309,11 @@ def train(
     from training import tracking
 
     experiment = config.experiment or f"loupe-{task}"
-    command = (
-        "loupe " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("loupe") else None
+    # The resolved recipe is saved in the run folder, so this reproduces the run whatever flags made it.
+    command = " ".join(
+        ["loupe", "train", task, "--config", shlex.quote(str(config_path)), "--data", shlex.quote(str(data))]
+        + (["--val-data", shlex.quote(str(val_data))] if val_data else [])
+        + (["--from", shlex.quote(str(from_ref))] if from_ref else [])
     )
     tags = {"loupe.task": task, "loupe.run_dir": str(run_dir.resolve()), "loupe.split_id": split.split_id}
     if from_ref:
@@ -453,11 +459,7 @@ def finish(
         }
     )
     bundle = bundle.model_copy(
-        update={
-            "card": model_card(
-                bundle, report, split, history, from_bundle, command or _command(task, run_dir)
-            )
-        }
+        update={"card": model_card(bundle, report, split, history, from_bundle, command)}
     )
     bundle_dir = save_bundle(bundle, model.state_dict(), run_dir / "bundle")
     (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
@@ -477,10 +479,6 @@ def finish(
         mlflow.log_artifact(str(bundle_dir / "card.md"), artifact_path="bundle")
     log(f"bundle written: {bundle_dir}")
     return TrainResult(run_dir, bundle_dir, metrics, history)
-
-
-def _command(task: str, run_dir: Path) -> str:
-    return f"loupe train {task} --config {run_dir / 'config.yaml'} --data <DATASET>"
 
 
 def _jsonable(obj: Any) -> Any:

@@ -88,6 +88,8 @@ def apply_camera(canvas: np.ndarray, plan, hom: np.ndarray) -> tuple[np.ndarray,
     # Shot noise grows with brightness, read noise does not; each channel gets its own.
     sigma = F32(c["noise"])
     amp = sigma * (F32(0.5) + F32(0.8) * np.sqrt(np.clip(gray(img), 0, 1)))
-    img += white_noise(rng, h, w * 3).reshape(h, w, 3) * cv2.cvtColor(amp, cv2.COLOR_GRAY2RGB)
+    noise = cv2.merge([white_noise(rng, h, w) for _ in range(3)])
+    noise *= cv2.cvtColor(amp, cv2.COLOR_GRAY2RGB)
+    img += noise
     # convertScaleAbs rounds and saturates to uint8 in one fast pass.
     return cv2.convertScaleAbs(img, alpha=255.0), margin

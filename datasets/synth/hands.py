@@ -73,8 +73,16 @@ def draw_hand(canvas: np.ndarray, hand: dict, ppm: float):
         bx = cx + (-sn) * off * s * 1.0 + c * s * 0.3
         by = cy + c * off * s * 1.0 + sn * s * 0.3
         ang = base + off * 0.25 + rng.normal(0, 0.04)
-        _finger(canvas, (bx, by), ang, length * s * rng.uniform(0.95, 1.05), fw * (1.06 if j == 1 else 1.0),
-                hand["tone"], hand["seed"] + j, ppm)
+        _finger(
+            canvas,
+            (bx, by),
+            ang,
+            length * s * rng.uniform(0.95, 1.05),
+            fw * (1.06 if j == 1 else 1.0),
+            hand["tone"],
+            hand["seed"] + j,
+            ppm,
+        )
     thumb_ang = base - 1.0
     tx, ty = cx + sn * s * 0.55, cy - c * s * 0.55
     _finger(canvas, (tx, ty), thumb_ang + 0.9, s * 0.55, fw * 1.15, hand["tone"], hand["seed"] + 9, ppm)

@@ -3,8 +3,10 @@ the internal COCO contract (images/*.jpg + annotations.json) with a summary."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,6 +54,31 @@ def _one(index: int) -> dict:
     return {"image": image, "annotations": photo.annotations}
 
 
+# Rendering allocates and frees many 10-40 MB float arrays per photo; by default glibc hands each back to
+# the kernel and page-faults it in again, which cost a third of the CPU time here. These settings make the
+# spawned workers keep their heap (they only take effect in a process that starts with them).
+_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+    "MALLOC_TRIM_THRESHOLD_": str(1024 * 1024 * 1024),
+    "MALLOC_TOP_PAD_": str(256 * 1024 * 1024),
+}
+
+
+@contextlib.contextmanager
+def _malloc_env():
+    saved = {k: os.environ.get(k) for k in _MALLOC_ENV}
+    for k, v in _MALLOC_ENV.items():
+        os.environ.setdefault(k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def generate_po(
     out_dir: Path,
     photos: int,
@@ -78,7 +105,7 @@ def generate_po(
         results = [_one(i) for i in range(photos)]
     else:
         # Spawned, not forked: a fork of a process whose OpenCV thread pool has run can deadlock.
-        with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=args) as pool:
+        with _malloc_env(), mp.get_context("spawn").Pool(workers, initializer=_init, initargs=args) as pool:
             results = pool.map(_one, range(photos), chunksize=1)
     images, annotations = [], []
     for image_id, res in enumerate(results, start=1):

@@ -271,11 +271,12 @@ def _render_flat(uu, vv, ppm, seam, rows, defect):
             shadow = np.clip((half * F32(1.5) - np.abs(off - F32(0.3) * t)) * F32(ppm) * F32(0.5), 0, 1) * on
             fab *= F32(1.0) - F32(0.28) * shadow
             n = np.clip(off / np.maximum(half, F32(1e-3)), -1, 1)
-            body = F32(0.5) + F32(0.5) * np.sqrt(F32(1.0) - n * n)
-            twist = F32(1.0) + F32(0.2) * np.sin(
+            body = F32(0.4) + F32(0.45) * np.sqrt(F32(1.0) - n * n)
+            # Plies twisted round each other: bright diagonal ridges along the thread.
+            twist = F32(1.0) + F32(0.3) * np.sin(
                 F32(2 * np.pi) * (along / (F32(0.9) * t + F32(0.35)) + F32(0.9) * n)
             )
-            sheen = F32(0.35) * np.exp(-(((n + F32(0.35)) / F32(0.28)) ** 2)) * (F32(0.7) + F32(0.3) * twist)
+            sheen = F32(0.22) * np.exp(-(((n + F32(0.35)) / F32(0.28)) ** 2)) * (F32(0.7) + F32(0.3) * twist)
             lum = body * twist * geo["shade"][idx]
             ta = thread_a[near]
             a_new = cov * (F32(1.0) - ta)

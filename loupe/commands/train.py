@@ -38,6 +38,7 @@ def _train(
     out: Path | None,
     device: str | None,
     no_track: bool,
+    threads: int | None = None,
 ) -> None:
     from configs import ConfigError
     from models.errors import ModelFileError
@@ -45,7 +46,7 @@ def _train(
     from training.config import load_train_config
     from training.engine import train
 
-    overrides = {"device": device} if device else {}
+    overrides = {k: v for k, v in {"device": device, "num_threads": threads}.items() if v is not None}
     try:
         cfg = load_train_config(config, task, overrides)
         result = train(
@@ -82,6 +83,7 @@ _RESUME = typer.Option(None, "--resume", help="run folder to continue from its l
 _OUT = typer.Option(None, "--out", help="run folder (default $LOUPE_DATA/runs/<task>-<time>)")
 _DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recipe's)")
 _NO_TRACK = typer.Option(False, "--no-track", help="skip MLflow (no run, no registration)")
+_THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: the recipe's, 2)")
 
 
 @train_app.command("classifier")
@@ -97,6 +99,7 @@ def train_classifier(
     out: Path | None = _OUT,
     device: str | None = _DEVICE,
     no_track: bool = _NO_TRACK,
+    threads: int | None = _THREADS,
 ) -> None:
     """Train the tile classifier (3 family scores per tile); prints the bundle folder."""
     _train(
@@ -112,6 +115,7 @@ def train_classifier(
         out,
         device,
         no_track,
+        threads,
     )
 
 
@@ -128,6 +132,7 @@ def train_detector(
     out: Path | None = _OUT,
     device: str | None = _DEVICE,
     no_track: bool = _NO_TRACK,
+    threads: int | None = _THREADS,
 ) -> None:
     """Train the tile detector (defect boxes per tile); prints the bundle folder."""
     _train(
@@ -143,6 +148,7 @@ def train_detector(
         out,
         device,
         no_track,
+        threads,
     )
 
 
