@@ -9,6 +9,7 @@ steps per task, plus photo-level inference cost, so a recipe's epochs can be siz
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -68,9 +69,11 @@ def main() -> None:
         loop.train_one_epoch(
             model, opt, sched, cache, batches[:1], pipeline, cfg.prep, torch.device("cpu")
         )  # warm
+        cpu0 = time.process_time()
         stats = loop.train_one_epoch(
             model, opt, sched, cache, batches[1:], pipeline, cfg.prep, torch.device("cpu")
         )
+        cpu_per_step = (time.process_time() - cpu0) / args.steps
         s_per_step = stats["seconds"] / args.steps
         crops = args.photos * args.crops_per_photo
         steps_per_epoch = crops / cfg.batch_size
@@ -83,7 +86,8 @@ def main() -> None:
             model(x)
             tile_ms = (time.perf_counter() - t0) / 16 * 1000
         print(
-            f"{task}: input {cfg.prep.input_size}, batch {cfg.batch_size}: {s_per_step:.2f} s/step, "
+            f"{task}: input {cfg.prep.input_size}, batch {cfg.batch_size}: {s_per_step:.2f} s/step "
+            f"({cpu_per_step:.2f} CPU s/step, load {os.getloadavg()[0]:.1f}), "
             f"{stats['crops_per_s']:.1f} crops/s; {args.photos} photos × {args.crops_per_photo} crops × "
             f"{cfg.epochs} epochs ≈ {minutes:.0f} min; eval {tile_ms:.1f} ms/tile (torch, batch 16)"
         )

@@ -27,6 +27,8 @@ class LoupeBundleModel(mlflow.pyfunc.PythonModel):
         self.predictor = load_predictor(self.bundle_dir, backend="torch", device="cpu", threads=1)
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
+        if isinstance(model_input, dict):  # MLflow hands named tensor inputs over as {name: array}
+            model_input = model_input.get("tiles", next(iter(model_input.values())))
         batch = np.asarray(model_input, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"expected float32 tiles N×3×S×S, got shape {batch.shape}")

@@ -198,26 +198,31 @@ def triage_po(paths: Iterable[str | Path], settings: TriageSettings | None = Non
     settings = settings or TriageSettings()
     quality_config = load_quality_config(settings.quality)
     seen = DuplicateIndex()
+    # Resolve and read the models before the first photo: a missing model is one clear error up front,
+    # not the same error repeated for every photo.
+    thresholds = check_models(settings)
     fn = functools.partial(_triage_in_worker, settings_json=settings.model_dump_json())
-    thresholds: dict[str, dict[str, float]] | None = None
     for item in map_photos(list_photos(paths), fn, workers=settings.workers):
         if not item.ok:
             yield PhotoResult(photo=str(item.item), verdict="error", error=f"{item.error_type}: {item.error}")
             continue
         result = item.value
-        if thresholds is None:
-            thresholds = _thresholds_of(settings)
         report = check_duplicate(result.quality_report, seen, quality_config)
         result.quality = {"verdict": report.verdict, "reasons": list(report.reasons)}
         result.verdict = decide(result.scores, thresholds, report.verdict)
         yield result
 
 
-def _thresholds_of(settings: TriageSettings) -> dict[str, dict[str, float]]:
+def check_models(settings: TriageSettings) -> dict[str, dict[str, float]]:
+    """Resolve the settings' model refs and read their bundles (no weights loaded); return the
+    classifier's thresholds. Raises ModelRefError / ModelFileError naming the ref and the fix."""
     from models.bundle import load_bundle
     from models.refs import resolve_model_ref
 
-    return load_bundle(resolve_model_ref(settings.classifier, "classifier")).thresholds
+    classifier = load_bundle(resolve_model_ref(settings.classifier, "classifier"))
+    if settings.detector and settings.detect != "never":
+        load_bundle(resolve_model_ref(settings.detector, "detector"))
+    return classifier.thresholds
 
 
 def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dict[str, Any]:

@@ -114,8 +114,19 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert load_bundle(folder).version == bundle.version
     assert resolve_model_ref("models:/loupe-classifier/1", "classifier") == folder
     predictor = load_predictor(folder)
-    probs = predictor.run(np.zeros((2, 3, 48, 48), np.float32))
+    tiles = np.random.default_rng(0).normal(size=(2, 3, 48, 48)).astype(np.float32)
+    probs = predictor.run(tiles)
     assert probs.shape == (2, 3) and np.all((probs >= 0) & (probs <= 1))
+
+    # The MLflow pyfunc wraps the same bundle: float32 tiles in, the same probabilities out.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model("models:/loupe-classifier@champion")
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert pyfunc.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 48, 48]
+    assert np.allclose(pyfunc.predict(tiles), probs, atol=1e-5)
 
 
 def test_detector_run_resume_and_validate(po, data_dir):

@@ -163,8 +163,8 @@ def render_label(
     else:  # woven/satin label: fine weft ribs
         yy = np.arange(ph, dtype=F32)[:, None]
         grain = (
-            F32(0.93)
-            + F32(0.07) * np.sin(yy * F32(2 * np.pi / max(0.3 * ppm, 2.1))) ** 2
+            F32(0.97)
+            + F32(0.03) * np.sin(yy * F32(2 * np.pi / max(0.3 * ppm, 2.1))) ** 2
             + np.zeros((1, pw), F32)
         )
     rgb = bg * grain[..., None]
@@ -176,6 +176,17 @@ def render_label(
         oc = np.asarray(label.get("over_ink", label["ink"]), F32)
         o = lay["over"][..., None] * F32(0.9)
         rgb = rgb * (F32(1.0) - o) + oc * o
+    if label["material"] == "print":
+        # Shipping marks: ink printed straight onto the board, a little rough, no label stock under it.
+        rough = np.clip(1.0 - 0.35 * np.abs(rng.standard_normal((ph, pw))).astype(F32), 0, 1)
+        alpha = (
+            np.maximum(ink, lay["over"] * F32(0.9))
+            if sub == "unreadable_label"
+            else np.maximum(lay["ink"], lay["over"] * F32(0.9))
+        )
+        ink_rgb = np.zeros((ph, pw, 3), F32) + np.asarray(label["ink"], F32)
+        composite(img, ink_rgb, alpha * rough * F32(0.9), m)
+        return {}
     if sub == "torn_label":
         body, rgb = _tear(body, rgb, defect, ppm)
     shadow = 0.35 if label["sewn"] else 0.25

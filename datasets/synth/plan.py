@@ -638,12 +638,12 @@ class Scene:
             round_mm=0.5,
             kind="tape",
         )
-        marks = self.label("carton", x0 + fw * 0.3, cy, 0.0, on_fabric=False)
+        marks = self.label("carton", x0 + fw * 0.33, cy, 0.0, on_fabric=False)
         marks.update(
             {
                 "type": "marks",
                 "material": "print",
-                "w": fw * 0.42,
+                "w": fw * 0.55,
                 "h": fh * 0.62,
                 "ean": None,
                 "cap": min(fh * 0.05, 14.0),
@@ -827,9 +827,8 @@ def _defect_params(rng, subtype, part, shot, wm, hm, margin) -> dict | None:
         }
     if subtype == "misplaced_overprint":
         return {
-            "dx": float(
-                rng.uniform(0.2, 0.4) * part["w"] * rng.choice([-1, 1]) * (0.5 if part["over_x"] > 0.5 else 1)
-            ),
+            # Shifted into the text or barcode, never off the label (where it would not print at all).
+            "dx": float(rng.uniform(0.2, 0.4) * part["w"] * (1 if part["over_x"] < 0.35 else -1)),
             "dy": float(-rng.uniform(0.12, 0.3) * part["h"]),
             "dangle": float(rng.uniform(-0.25, 0.25)),
         }
