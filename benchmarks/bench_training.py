@@ -3,7 +3,7 @@
 Runs the real ``train_one_epoch`` (augmentation, target encoding, AdamW) on synthetic crops for a few
 steps per task, plus photo-level inference cost, so a recipe's epochs can be sized to the time budget:
 
-    .venv/bin/python benchmarks/bench_training.py [--steps 6] [--crops-per-photo 7] [--photos 480]
+    .venv/bin/python benchmarks/bench_training.py [--steps 6] [--positives-per-photo 1.7] [--photos 480]
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--photos", type=int, default=480, help="training photos, to turn s/step into minutes")
-    ap.add_argument("--crops-per-photo", type=float, default=7.0, help="measured from a real cache")
+    ap.add_argument(
+        "--positives-per-photo", type=float, default=1.7, help="defect crops per photo (a real cache: 87/52)"
+    )
     args = ap.parse_args()
     for task, loop in (("classifier", classifier_loop), ("detector", detector_loop)):
         cfg = load_train_config(None, task)
@@ -75,8 +77,7 @@ def main() -> None:
         )
         cpu_per_step = (time.process_time() - cpu0) / args.steps
         s_per_step = stats["seconds"] / args.steps
-        crops = args.photos * args.crops_per_photo
-        steps_per_epoch = crops / cfg.batch_size
+        steps_per_epoch = args.photos * args.positives_per_photo / (cfg.batch_size * cfg.positive_fraction)
         minutes = cfg.epochs * steps_per_epoch * s_per_step / 60
         model.eval()
         with torch.inference_mode():
@@ -88,7 +89,7 @@ def main() -> None:
         print(
             f"{task}: input {cfg.prep.input_size}, batch {cfg.batch_size}: {s_per_step:.2f} s/step "
             f"({cpu_per_step:.2f} CPU s/step, load {os.getloadavg()[0]:.1f}), "
-            f"{stats['crops_per_s']:.1f} crops/s; {args.photos} photos × {args.crops_per_photo} crops × "
+            f"{stats['crops_per_s']:.1f} crops/s; {args.photos} photos, {steps_per_epoch:.0f} steps × "
             f"{cfg.epochs} epochs ≈ {minutes:.0f} min; eval {tile_ms:.1f} ms/tile (torch, batch 16)"
         )
 

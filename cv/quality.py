@@ -76,7 +76,7 @@ class QualityConfig(BaseModel):
         768, ge=64, description="checks run on the photo resized to this long side"
     )
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse photos larger than this (bombs)")
-    clip_level: int = Field(250, ge=128, le=255, description="luma at or above this counts as clipped white")
+    clip_level: int = Field(253, ge=128, le=255, description="luma at or above this counts as clipped white")
     glare_max_saturation: int = Field(
         40, ge=0, le=255, description="hot spots are near-white, not bright colour"
     )

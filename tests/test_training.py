@@ -125,7 +125,7 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
         pyfunc = mlflow.pyfunc.load_model("models:/loupe-classifier@champion")
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    assert pyfunc.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [-1, 3, 48, 48]
+    assert tuple(pyfunc.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, 48, 48)
     assert np.allclose(pyfunc.predict(tiles), probs, atol=1e-5)
 
 

@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     cache: CacheSettings = CacheSettings()
     augment: str | None = Field("augment_train", description="augmentation config in configs/, or null")
     epochs: int = Field(8, ge=1)
-    steps_per_epoch: int | None = Field(None, ge=1, description="default: one pass over the training crops")
+    steps_per_epoch: int | None = Field(None, ge=1, description="default: one pass over the defect crops")
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)

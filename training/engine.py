@@ -104,6 +104,13 @@ def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def epoch_steps(cache: Any, batch_size: int, positive_fraction: float) -> int:
+    """Steps for one pass over the defect crops at the batch's positive share (negatives are resampled,
+    so adding more of them adds variety, not time)."""
+    positives = int(cache.labels.any(axis=1).sum()) or len(cache)
+    return max(1, math.ceil(positives / max(1.0, batch_size * positive_fraction)))
+
+
 def save_checkpoint(path: Path, **state: Any) -> None:
     import torch
 
@@ -277,7 +284,7 @@ def train(
     )
 
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
-    steps = config.steps_per_epoch or max(1, math.ceil(len(train_cache) / config.batch_size))
+    steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
     use_amp = config.amp and device.type == "cuda"

@@ -31,6 +31,8 @@ def validate(
     from models.predictor import load_predictor
     from training.evaluate import ground_truth, photo_report, run_on_photos
 
+    refs = [(model_ref, "classifier")] + ([(detector_ref, "detector")] if detector_ref else [])
+    folders = [_resolve(ref, task) for ref, task in refs]  # a bad ref fails before the dataset is hashed
     dataset = read_dataset(Path(data))
     manifest = manifest_of(dataset)
     ids = [im["id"] for im in dataset.coco["images"]]
@@ -39,10 +41,9 @@ def validate(
         ids = [im["id"] for im in dataset.coco["images"] if split_of.get(im["file_name"]) == split]
     if not ids:
         raise ValueError(f"{data}: no photos to evaluate{f' in split {split!r}' if split else ''}")
-    refs = [(model_ref, "classifier")] + ([(detector_ref, "detector")] if detector_ref else [])
     reports: dict[str, dict[str, Any]] = {}
-    for ref, task in refs:
-        predictor = load_predictor(_resolve(ref, task), backend="torch", device="auto", threads=threads)
+    for (ref, _), folder in zip(refs, folders, strict=True):
+        predictor = load_predictor(folder, backend="torch", device="auto", threads=threads)
         bundle = predictor.bundle
         log(f"evaluating {bundle.ref} ({bundle.task}) on {len(ids)} photos of {data}")
         run = run_on_photos(dataset, ids, predictor, bundle.prep, log=log)

@@ -244,8 +244,9 @@ def _label_traces(img, origin, ppm, label, lay, m):
         return
     rng = np.random.default_rng(label["seed"] + 5)
     ph, pw = lay["body"].shape
-    small = rng.standard_normal((6, 6)).astype(F32)
-    n = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_CUBIC)
+    # Scraps of label stock a few millimetres across, left along the edges where it was peeled off.
+    cells = (max(int(ph / max(2.5 * ppm, 1)), 2), max(int(pw / max(2.5 * ppm, 1)), 2))
+    n = cv2.resize(rng.standard_normal(cells).astype(F32), (pw, ph), interpolation=cv2.INTER_CUBIC)
     ed = np.minimum.reduce(
         [
             np.arange(pw)[None, :] + np.zeros((ph, 1)),
@@ -254,7 +255,7 @@ def _label_traces(img, origin, ppm, label, lay, m):
             ph - 1 - np.arange(ph)[:, None] + np.zeros((1, pw)),
         ]
     )
-    fibres = ((n > 0.6) & (ed < 0.15 * min(pw, ph))).astype(F32) * lay["body"]
+    fibres = ((n > 1.1) & (ed < 0.1 * min(pw, ph))).astype(F32) * lay["body"]
     glue = lay["body"] * F32(0.75)
     a = warp_patch(glue, m, img.shape[:2])
     img *= (F32(1.0) - F32(0.14) * a)[..., None]

@@ -134,7 +134,9 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
             fit = {p: 1.0 for p in PRODUCT_FAMILIES if families[0] in PRODUCT_FAMILIES[p]}
         products = fit
     product = _pick(rng, products)
-    families = [f for f in families if f in PRODUCT_FAMILIES[product]]
+    # Further defects fall on what this product carries (a carton has no seams to open).
+    carried = {f: w for f, w in fam_w.items() if f in PRODUCT_FAMILIES[product]}
+    families = [f if f in carried else _pick(rng, carried) for f in families] if carried else []
     shot = "closeup" if rng.random() < config.closeup_rate else "whole"
     setting = _pick(rng, config.setting_mix)
     if setting == "hand" and product in ("carton",):
@@ -142,7 +144,7 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     long_mm = rng.uniform(*(CLOSEUP_FOV if shot == "closeup" else WHOLE_FOV[product]))
     ppm = max(width, height) / long_mm
     wm, hm = width / ppm, height / ppm
-    scene = Scene(rng, product, shot, wm, hm, families[0] if families else None)
+    scene = Scene(rng, product, shot, wm, hm, families)
     regions, parts = scene.build()
     defects = _plan_defects(rng, config, families, parts, shot, wm, hm)
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
@@ -209,9 +211,10 @@ def _plan_conditions(rng, config: SynthConfig, width: int) -> dict:
 class Scene:
     """Lays out one product (regions with materials) and the parts that carry defects, in canvas mm."""
 
-    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, focus: str | None):
+    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, families: list[str]):
         self.rng, self.product, self.shot, self.wm, self.hm = rng, product, shot, wm, hm
-        self.focus = focus
+        self.focus = families[0] if families else None
+        self.extras = list(families[1:])
         self.regions: list[dict] = []
         self.parts: list[dict] = []
         self.material = str(rng.choice(FABRICS[product]))
@@ -369,9 +372,15 @@ class Scene:
         self.parts.append(lb)
         return lb
 
-    def region(self, poly, material=None, colour=None, shade=1.0, round_mm=15.0, kind="product") -> dict:
+    def region(
+        self, poly, material=None, colour=None, shade=1.0, round_mm=15.0, kind="product", smooth=0
+    ) -> dict:
+        pts = np.asarray(poly, float)
+        for _ in range(smooth):  # Chaikin corner cutting: sewn and moulded goods have no sharp corners
+            nxt = np.roll(pts, -1, axis=0)
+            pts = np.stack([0.75 * pts + 0.25 * nxt, 0.25 * pts + 0.75 * nxt], axis=1).reshape(-1, 2)
         r = {
-            "poly": np.asarray(poly, float).round(3).tolist(),
+            "poly": pts.round(3).tolist(),
             "material": material or self.material,
             "colour": colour or self.colour,
             "seed": _seed(self.rng),
@@ -433,7 +442,7 @@ class Scene:
             )
         elif focus == "logo":
             w = min(wm, hm) * rng.uniform(0.45, 0.75) * (max(wm, hm) / min(wm, hm)) ** 0.5
-            w = min(w, wm * 0.7)
+            w = min(w, wm * 0.7) * (0.7 if self.extras else 1.0)
             cx, cy = self._centre(w, w)
             self.logo(cx, cy, w, style="print" if self.product == "retail_box" else None)
         else:
@@ -448,15 +457,60 @@ class Scene:
             lb = self.label(
                 kind, cx, cy, rng.normal(0, 0.02), on_fabric=self.product not in ("carton", "retail_box")
             )
-            scale = min(wm * 0.7 / lb["w"], hm * 0.7 / lb["h"], 1.0)
-            if scale < 1:  # a carton label in a tight close-up: shoot it from a little further away
-                lb["w"], lb["h"], lb["cap"], lb["module"], lb["bar_h"] = (
-                    lb["w"] * scale,
-                    lb["h"] * scale,
-                    lb["cap"] * scale,
-                    lb["module"] * scale,
-                    lb["bar_h"] * scale,
+            room = 0.42 if self.extras else 0.7
+            self._fit_label(lb, min(wm * room / lb["w"], hm * room / lb["h"], 1.0))
+        self._closeup_extras(focus)
+
+    @staticmethod
+    def _fit_label(lb: dict, scale: float):
+        """Shrink a label to fit the frame (a carton label in a tight close-up is shot from further away)."""
+        if scale < 1:
+            for key in ("w", "h", "cap", "module", "bar_h"):
+                lb[key] *= scale
+
+    def _closeup_extras(self, focus: str):
+        """Carriers for a close-up's further defects: a second seam, or a small logo or label in the corner
+        farthest from the main part (so that several defects can share one close-up)."""
+        rng, wm, hm = self.rng, self.wm, self.hm
+        main = self.parts[-1] if self.parts else None
+        mx, my = (main["x"], main["y"]) if main is not None else (wm / 2, hm / 2)
+        if main is not None and main["kind"] == "seam":  # the middle of the seam, not its start
+            mx = main["x"] + math.cos(main["angle"]) * main["length"] / 2
+            my = main["y"] + math.sin(main["angle"]) * main["length"] / 2
+        for family in self.extras:
+            if family == "stitching":
+                if main is not None and main["kind"] == "seam":
+                    side = 1 if rng.random() < 0.5 else -1
+                    off = side * min(wm, hm) * rng.uniform(0.25, 0.32)
+                    ang = main["angle"] + rng.normal(0, 0.03)
+                    x0 = main["x"] - math.sin(main["angle"]) * off
+                    y0 = main["y"] + math.cos(main["angle"]) * off
+                    self.seam(x0, y0, ang, main["length"], (0.0,), fold=side * rng.uniform(3, 5))
+                else:
+                    y = hm * (0.85 if my < hm / 2 else 0.15)
+                    self.seam(-0.2 * wm, y, rng.normal(0, 0.05), wm * 1.4, (0.0,), fold=rng.uniform(3, 5))
+                continue
+            # Far enough in that the camera's zoom and roll do not crop it.
+            corners = [
+                (0.27 * wm, 0.27 * hm),
+                (0.73 * wm, 0.27 * hm),
+                (0.27 * wm, 0.73 * hm),
+                (0.73 * wm, 0.73 * hm),
+            ]
+            cx, cy = max(corners, key=lambda c: math.hypot(c[0] - mx, c[1] - my))
+            size = min(wm, hm) * 0.22
+            if family == "logo":
+                self.logo(cx, cy, size, style="print" if self.product == "retail_box" else None)
+            else:
+                kind = (
+                    "carton"
+                    if self.product == "carton"
+                    else ("price" if self.product == "retail_box" else "care")
                 )
+                lb = self.label(
+                    kind, cx, cy, rng.normal(0, 0.02), on_fabric=self.product not in ("carton", "retail_box")
+                )
+                self._fit_label(lb, min(size * 1.2 / lb["w"], size * 1.2 / lb["h"], 1.0))
 
     def _garment_panel(self):
         rng, wm, hm = self.rng, self.wm, self.hm
@@ -502,7 +556,7 @@ class Scene:
         depth = th * 0.12
         xs = np.linspace(-neck, neck, 17)
         neckline = [(cx + x, top + depth * (1 - (x / neck) ** 2)) for x in xs[::-1]]
-        self.region(poly + neckline[1:-1], round_mm=25.0)
+        self.region(poly + neckline[1:-1], round_mm=25.0, smooth=1)
         rib = [(cx + x * 1.0, top + depth * (1 - (x / neck) ** 2)) for x in xs]
         rib_in = [(cx + x * 0.9, top + (depth - 14) * (1 - (x / (neck * 0.9)) ** 2) + 0.0) for x in xs[::-1]]
         self.region(rib + rib_in, shade=0.9, round_mm=4.0)
@@ -564,9 +618,29 @@ class Scene:
             (x0 + sw * 0.55, y0 + sh * 0.35),
             (x1 - sw * 0.12, y0 + sh * 0.5),
             (x1, y1 - sole_h * 1.2),
-            (x1 - 5, y1 - sole_h),
+            (x1 - 5, y1 - sole_h * 0.5),
+            (x0 + sw * 0.02, y1 - sole_h * 0.5),
         ]
-        self.region(upper, round_mm=20.0)
+        self.region(upper, round_mm=20.0, smooth=2)
+        # The collar opening shows the darker lining inside the shoe.
+        collar = [
+            (x0 + sw * 0.04, y0 + sh * 0.2),
+            (x0 + sw * 0.12, y0 + sh * 0.06),
+            (x0 + sw * 0.36, y0 + sh * 0.1),
+            (x0 + sw * 0.3, y0 + sh * 0.2),
+            (x0 + sw * 0.12, y0 + sh * 0.26),
+        ]
+        self.region(
+            collar, colour=tuple(float(v) * 0.35 for v in self.colour), shade=0.8, round_mm=6.0, smooth=3
+        )
+        toe = [
+            (x1 - sw * 0.3, y0 + sh * 0.42),
+            (x1 - sw * 0.12, y0 + sh * 0.5),
+            (x1, y1 - sole_h * 1.2),
+            (x1 - 5, y1 - sole_h),
+            (x1 - sw * 0.32, y1 - sole_h),
+        ]
+        self.region(toe, shade=0.93, round_mm=10.0, smooth=3)
         sole = [(x0 - 4, y1 - sole_h), (x1 + 2, y1 - sole_h), (x1 - 8, y1), (x0 + 8, y1)]
         self.region(
             sole,
@@ -576,8 +650,8 @@ class Scene:
             round_mm=5.0,
         )
         self.seam(x0 + 10, y1 - sole_h - 6, 0.0, sw - 25, (0.0,), fold=6.0, stitch=3.5, thick=0.5)
-        ang = math.atan2(sh * 0.45, sw * 0.45)
-        self.seam(x0 + sw * 0.42, y0 + sh * 0.18, ang, sw * 0.45, (0.0, 4.0), fold=None)
+        ang = math.atan2(sh * 0.15, sw * 0.33)  # along the top line of the vamp, inside it
+        self.seam(x0 + sw * 0.45, y0 + sh * 0.33, ang, sw * 0.33, (0.0, 4.0), fold=None)
         self.logo(x0 + sw * 0.3, y0 + sh * 0.5, sw * rng.uniform(0.18, 0.26), angle=-0.1)
 
     def _ball(self):

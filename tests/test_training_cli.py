@@ -1,0 +1,48 @@
+"""The `loupe train|val|export` verbs: arguments reach the packages, bad input fails with a clear message."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from loupe.cli import app
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return CliRunner()
+
+
+def test_verbs_are_registered(runner):
+    out = runner.invoke(app, ["train", "--help"])
+    assert out.exit_code == 0 and "classifier" in out.output and "detector" in out.output
+    for verb in ("val", "export"):
+        assert runner.invoke(app, [verb, "--help"]).exit_code == 0
+
+
+def test_train_with_the_other_task_recipe_names_the_fix(runner, tmp_path):
+    (tmp_path / "ds").mkdir()
+    out = runner.invoke(
+        app, ["train", "classifier", "--data", str(tmp_path / "ds"), "--config", "train_detector"]
+    )
+    assert out.exit_code == 2
+    assert "is a detector recipe" in out.output and "train_classifier.yaml" in out.output
+
+
+def test_train_on_a_missing_dataset_fails_clearly(runner, tmp_path):
+    out = runner.invoke(app, ["train", "detector", "--data", str(tmp_path / "nope"), "--no-track"])
+    assert out.exit_code == 2 and "does not exist" in out.output
+
+
+def test_val_and_export_with_unknown_model_ref_say_what_refs_work(runner, tmp_path):
+    (tmp_path / "ds").mkdir()
+    out = runner.invoke(
+        app, ["val", "--model", "no/such/bundle", "--data", str(tmp_path / "ds"), "--no-track"]
+    )
+    assert out.exit_code == 2
+    assert "'no/such/bundle' not found" in out.output and "models:/loupe-classifier@champion" in out.output
+    out = runner.invoke(app, ["export", "--model", "no/such/bundle", "--format", "onnx"])
+    assert out.exit_code == 2 and "models:/loupe-classifier@champion" in out.output
