@@ -38,6 +38,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     mlflow_run_id: str | None = None
     registered: dict[str, Any] | None = None
+    train_cache_dir: Path | None = None
 
 
 @dataclass
@@ -391,6 +392,7 @@ def train(
             from_bundle, log, track, command,
         )  # fmt: skip
         result.mlflow_run_id = run_id
+        result.train_cache_dir = train_cache.folder
         if track:
             result.registered = tracking.log_bundle(
                 result.bundle_dir, task, prep.input_size, len(families), register=register, champion=champion
