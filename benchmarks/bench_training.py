@@ -43,6 +43,7 @@ def fake_cache(n: int, size: int, rng: np.random.Generator):
 
 
 def main() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `loupe train` does, before torch loads
     import torch
 
     from datasets.augment import build_augment

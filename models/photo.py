@@ -13,6 +13,9 @@ import numpy as np
 
 # Tiles per forward pass: large enough to amortise the call, small enough for a 2-core box.
 TILE_BATCH = 16
+# Boxes kept per photo before the tile-border merge (highest scores): merging is quadratic in the box
+# count, and a weak detector fires everywhere (minutes per photo without a cap).
+MAX_PHOTO_BOXES = 200
 
 
 @dataclass
@@ -124,9 +127,16 @@ def detect_photo(
     dets = []
     for start in range(0, len(batch), TILE_BATCH):
         dets.extend(detector_predictor.detect(batch[start : start + TILE_BATCH], score_threshold, top_k))
+    all_scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32)
+    cutoff = -np.inf
+    if len(all_scores) > MAX_PHOTO_BOXES:
+        cutoff = np.partition(all_scores, -MAX_PHOTO_BOXES)[-MAX_PHOTO_BOXES]
     per_tile = []
     best_subtype: dict[tuple[int, float], int] = {}
     for i, d in zip(keep, dets, strict=True):
+        if cutoff > -np.inf:
+            sel = d.scores >= cutoff
+            d = type(d)(d.boxes[sel], d.scores[sel], d.labels[sel], d.subtypes[sel])
         boxes = tile_boxes_to_tile_px(d.boxes, prep)
         per_tile.append((grid[i], boxes, d.scores, d.labels))
         for label, score, sub in zip(d.labels, d.scores, d.subtypes, strict=True):

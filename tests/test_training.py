@@ -62,17 +62,14 @@ def data_dir(tmp_path, monkeypatch):
 
 def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, data_dir, tmp_path):
     import mlflow
+    import torch
 
     from models.bundle import load_bundle
     from models.predictor import load_predictor
     from models.refs import resolve_model_ref
-    from training.engine import train
-
-    import torch
-
     from training.classifier_loop import crop_scores
     from training.data import load_tile_cache
-    from training.engine import build_for_training, seed_everything
+    from training.engine import build_for_training, seed_everything, train
 
     config = _config("classifier")
     result = train("classifier", config, po, register=True, champion=True, log=lambda m: None)

@@ -122,7 +122,9 @@ def evaluate_crops(
     m = detection_map(gt, dets)
     flat = m.flat(prefix="val_crops")
     flat["val_crops/loss"] = total / max(seen, 1)
-    flat["score"] = m.map50 if not math.isnan(m.map50) else -flat["val_crops/loss"]
+    # mAP stays at 0 for the first epochs of a CenterNet; until it moves, the falling loss (negative,
+    # so any mAP > 0 ranks above it) keeps early stopping from ending the run.
+    flat["score"] = m.map50 if m.map50 > 0 else -flat["val_crops/loss"]
     return flat
 
 
