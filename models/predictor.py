@@ -116,7 +116,7 @@ def _resolve_folder(folder_or_ref: str | Path, task: str | None) -> Path:
     return resolve_model_ref(str(folder_or_ref), task)
 
 
-def _onnx_path(bundle: ModelBundle) -> Path:
+def ensure_onnx(bundle: ModelBundle) -> Path:
     """The bundle's model.onnx, exported on first use (into a temp cache if the folder is read-only)."""
     if bundle.onnx_path is not None:
         return bundle.onnx_path
@@ -163,7 +163,7 @@ def load_predictor(
         providers = (
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         )
-        runner = OnnxModel(_onnx_path(bundle), intra_op_num_threads=threads, providers=providers)
+        runner = OnnxModel(ensure_onnx(bundle), intra_op_num_threads=threads, providers=providers)
         return Predictor(bundle, "onnx", "cuda" if want_cuda else "cpu", runner)
     import torch
 

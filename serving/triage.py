@@ -214,15 +214,20 @@ def triage_po(paths: Iterable[str | Path], settings: TriageSettings | None = Non
 
 
 def check_models(settings: TriageSettings) -> dict[str, dict[str, float]]:
-    """Resolve the settings' model refs and read their bundles (no weights loaded); return the
-    classifier's thresholds. Raises ModelRefError / ModelFileError naming the ref and the fix."""
+    """Resolve the settings' model refs, read their bundles and (ONNX backend) make sure each has its
+    ONNX file; return the classifier's thresholds. Raises ModelRefError / ModelFileError naming the
+    ref and the fix."""
     from models.bundle import load_bundle
+    from models.predictor import ensure_onnx
     from models.refs import resolve_model_ref
 
-    classifier = load_bundle(resolve_model_ref(settings.classifier, "classifier"))
+    bundles = [load_bundle(resolve_model_ref(settings.classifier, "classifier"))]
     if settings.detector and settings.detect != "never":
-        load_bundle(resolve_model_ref(settings.detector, "detector"))
-    return classifier.thresholds
+        bundles.append(load_bundle(resolve_model_ref(settings.detector, "detector")))
+    if settings.backend == "onnx":
+        for bundle in bundles:
+            ensure_onnx(bundle)  # export once here, not once per worker on first use
+    return bundles[0].thresholds
 
 
 def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import TileCache, load_batch
+from training.engine import optimiser_step
 
 
 def train_one_epoch(
@@ -45,15 +46,7 @@ def train_one_epoch(
             raise FloatingPointError(
                 f"classifier loss is {loss.item()} at step {step}: lower the learning rate"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        optimiser_step(loss, optimizer, scheduler, scaler)
         total += loss.item() * len(indices)
         seen += len(indices)
         if log and log_every and (step + 1) % log_every == 0:

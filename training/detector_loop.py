@@ -17,6 +17,7 @@ import torch
 from datasets.taxonomy import CATEGORY_IDS
 from models.detector import decode_detections, detector_loss, encode_targets
 from training.data import TileCache, load_batch
+from training.engine import optimiser_step
 
 
 def _targets(model: torch.nn.Module, boxes, fams, subs, size: int) -> dict[str, torch.Tensor]:
@@ -59,15 +60,7 @@ def train_one_epoch(
             raise FloatingPointError(
                 f"detector loss is {loss.item()} at step {step}: lower the learning rate"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
+        optimiser_step(loss, optimizer, scheduler, scaler)
         total += loss.item() * len(indices)
         seen += len(indices)
         for k, v in parts.items():

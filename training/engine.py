@@ -87,6 +87,19 @@ def make_optimizer(model, lr: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def optimiser_step(loss, optimizer, scheduler, scaler=None) -> None:
+    """Backward pass and one optimiser + scheduler step (loss scaled by AMP's scaler on CUDA)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    scheduler.step()
+
+
 def make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
     import torch
 

@@ -96,70 +96,42 @@ _NO_TRACK = typer.Option(False, "--no-track", help="skip MLflow (no run, no regi
 _THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: the recipe's, 2)")
 
 
-@train_app.command("classifier")
-def train_classifier(
-    data: Path = _DATA,
-    config: str | None = _CONFIG,
-    val_data: Path | None = _VAL,
-    from_ref: str | None = _FROM,
-    epochs: int | None = _EPOCHS,
-    register: bool = _REGISTER,
-    champion: bool = _CHAMPION,
-    resume: Path | None = _RESUME,
-    out: Path | None = _OUT,
-    device: str | None = _DEVICE,
-    no_track: bool = _NO_TRACK,
-    threads: int | None = _THREADS,
-) -> None:
-    """Train the tile classifier (3 family scores per tile); prints the bundle folder."""
-    _train(
-        "classifier",
-        config,
-        data,
-        val_data,
-        from_ref,
-        epochs,
-        register,
-        champion,
-        resume,
-        out,
-        device,
-        no_track,
-        threads,
-    )
+def _register_train(task: str, summary: str) -> None:
+    """``loupe train classifier`` and ``loupe train detector`` take the same options."""
+
+    def command(
+        data: Path = _DATA,
+        config: str | None = _CONFIG,
+        val_data: Path | None = _VAL,
+        from_ref: str | None = _FROM,
+        epochs: int | None = _EPOCHS,
+        register: bool = _REGISTER,
+        champion: bool = _CHAMPION,
+        resume: Path | None = _RESUME,
+        out: Path | None = _OUT,
+        device: str | None = _DEVICE,
+        no_track: bool = _NO_TRACK,
+        threads: int | None = _THREADS,
+    ) -> None:
+        _train(
+            task, config, data, val_data, from_ref, epochs, register, champion, resume, out, device,
+            no_track, threads,
+        )  # fmt: skip
+
+    command.__doc__ = summary
+    train_app.command(task)(command)
 
 
-@train_app.command("detector")
-def train_detector(
-    data: Path = _DATA,
-    config: str | None = _CONFIG,
-    val_data: Path | None = _VAL,
-    from_ref: str | None = _FROM,
-    epochs: int | None = _EPOCHS,
-    register: bool = _REGISTER,
-    champion: bool = _CHAMPION,
-    resume: Path | None = _RESUME,
-    out: Path | None = _OUT,
-    device: str | None = _DEVICE,
-    no_track: bool = _NO_TRACK,
-    threads: int | None = _THREADS,
-) -> None:
-    """Train the tile detector (defect boxes per tile); prints the bundle folder."""
-    _train(
-        "detector",
-        config,
-        data,
-        val_data,
-        from_ref,
-        epochs,
-        register,
-        champion,
-        resume,
-        out,
-        device,
-        no_track,
-        threads,
-    )
+_register_train(
+    "classifier",
+    "Train the tile classifier (3 family scores per tile); prints the bundle folder.\n\n"
+    "Example: loupe train classifier --data data/train-synth --register --champion",
+)
+_register_train(
+    "detector",
+    "Train the tile detector (defect boxes per tile); prints the bundle folder.\n\n"
+    "Example: loupe train detector --data buyer/ --from default --config configs/finetune_detector.yaml",
+)
 
 
 @app.command("val")
