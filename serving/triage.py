@@ -36,6 +36,7 @@ class TriageSettings(BaseModel):
     # reaches that family's review threshold ("flagged") or on every photo ("all").
     detect: Literal["flagged", "all", "never"] = "flagged"
     quality: str = Field("quality", description="quality-gate config (configs/quality.yaml)")
+    max_findings_per_family: int = Field(5, ge=1, description="detector boxes kept per family and photo")
 
 
 @dataclass
@@ -144,8 +145,12 @@ class Triage:
 
         findings: list[Finding] = []
         if self.detector is not None and (suspect or self.settings.detect == "all"):
+            per_family: dict[str, int] = {}
             for box, score, family, subtype in detect_photo(work, self.detector, self.prep):
-                if self.settings.detect == "all" or family in suspect:
+                wanted = self.settings.detect == "all" or family in suspect
+                # Sorted by score: a report needs the strongest few boxes per family, not every peak.
+                if wanted and per_family.get(family, 0) < self.settings.max_findings_per_family:
+                    per_family[family] = per_family.get(family, 0) + 1
                     findings.append(Finding(family, subtype, score, _scale_box(box, to_photo, photo)))
         for family in suspect:
             if not any(f.family == family for f in findings):
