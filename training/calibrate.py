@@ -66,7 +66,7 @@ def fit_platt(raw: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def fit_calibration(raw: np.ndarray, labels: np.ndarray, families: tuple[str, ...] | list[str]) -> dict:
     """Per-family Platt parameters for ``raw`` (N×F photo scores) and ``labels`` (N×F booleans)."""
-    raw, labels = _check_matrix(raw, labels, families)
+    raw, labels = check_score_matrix(raw, labels, families)
     return {"method": "platt", **{f: fit_platt(raw[:, i], labels[:, i]) for i, f in enumerate(families)}}
 
 
@@ -83,7 +83,7 @@ def calibrate_thresholds(
     """
     if review_recall < target_recall:
         raise ValueError(f"review_recall ({review_recall}) must be >= target_recall ({target_recall})")
-    probs, labels = _check_matrix(probs, labels, families)
+    probs, labels = check_score_matrix(probs, labels, families)
     out: dict[str, dict[str, float]] = {}
     for i, family in enumerate(families):
         flag = threshold_for_recall(probs[:, i], labels[:, i], target_recall)
@@ -107,7 +107,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def _check_matrix(values: np.ndarray, labels: np.ndarray, families) -> tuple[np.ndarray, np.ndarray]:
+def check_score_matrix(values: np.ndarray, labels: np.ndarray, families) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels as float64 and bool N×F arrays; a clear error when the shapes disagree."""
     values = np.asarray(values, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
     if values.ndim != 2 or values.shape != labels.shape or values.shape[1] != len(families):

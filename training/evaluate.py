@@ -49,13 +49,9 @@ def family_metrics(
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
-    if scores.ndim != 2 or scores.shape != labels.shape or scores.shape[1] != len(families):
-        raise ValueError(
-            f"scores and labels must both be (photos, {len(families)} families); "
-            f"got {scores.shape} and {labels.shape}"
-        )
+    from training.calibrate import check_score_matrix
+
+    scores, labels = check_score_matrix(scores, labels, families)
     out: dict[str, FamilyMetrics] = {}
     for i, family in enumerate(families):
         s, y = scores[:, i], labels[:, i]
