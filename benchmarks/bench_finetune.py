@@ -1,9 +1,10 @@
 """Fine-tuning on a buyer's first few dozen labelled photos: does ``--from`` pay off?
 
 A buyer starts with 30–60 labelled photos of their own products, shot their own way. This benchmark
-makes such a set with a look the default model never trained on — only shoes and balls, close-ups,
-under a strong colour cast, with a different camera (sharpening, grain, softer optics) applied after
-the generator — and compares, on held-out photos of the same look:
+makes such a set with a look the default model never trained on: a fixed inspection station, whose
+monochrome camera and macro lens (45–80 mm across the frame, so threads are 2–4x thicker in pixels
+than in any training photo) shoot seams and logos of shoes, balls and bags under a ring light
+(hot centre, dark corners, grain) — and compares, on held-out photos of the same look:
 
   default     the shipped default model as it is (the baseline every buyer starts from)
   scratch     the fine-tuning recipe from ImageNet weights, on the buyer photos only
@@ -29,16 +30,34 @@ import cv2
 import numpy as np
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "finetune"
-# A product mix, framing and light the default recipe's data does not have.
+LOOK = "station"  # cache folders are per look: change it when the look changes
+# Framing and products the default recipe's data does not have: macro close-ups only.
 BUYER_SYNTH = {
     "closeup_rate": 1.0,
+    "closeup_fov_mm": (45, 80),
     "defect_rate": 0.7,
-    "family_mix": {"stitching": 0.6, "logo": 0.4, "label": 0.0},
+    "family_mix": {"stitching": 0.65, "logo": 0.35, "label": 0.0},
+    # A monochrome camera cannot show a wrong colour: that subtype is left out for every arm.
+    "subtype_mix": {
+        s: 1.0
+        for s in (
+            "skipped_stitch",
+            "broken_thread",
+            "uneven_stitch_length",
+            "open_seam",
+            "puckering",
+            "wavy_seam",
+            "offset_logo",
+            "smudged_print",
+            "partly_missing_print",
+            "missing_logo",
+        )
+    },
     "milestone_mix": {"IPC": 1, "DUPRO": 1, "PSI": 1, "CLI": 0},
     "product_mix": {
-        "IPC": {"shoe": 1, "ball": 1},
-        "DUPRO": {"shoe": 1, "ball": 1},
-        "PSI": {"shoe": 1, "ball": 1},
+        "IPC": {"shoe": 1, "ball": 1, "bag": 1},
+        "DUPRO": {"shoe": 1, "ball": 1, "bag": 1},
+        "PSI": {"shoe": 1, "ball": 1, "bag": 1},
         "CLI": {"shoe": 1},
     },
     "size_mix": [{"size": "1600x1200", "weight": 1.0}],
@@ -46,14 +65,17 @@ BUYER_SYNTH = {
 
 
 def buyer_camera(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The buyer's camera and light: a strong warm/green cast, lifted blacks, over-sharpening, grain."""
-    img = rgb.astype(np.float32) / 255.0
-    cast = np.array([1.10, 1.05, 0.70], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    img = np.clip(img * cast, 0, 1) ** 0.8 * 0.85 + 0.08
-    blur = cv2.GaussianBlur(img, (0, 0), 1.6)
-    img = np.clip(img + 0.9 * (img - blur), 0, 1)  # phone-style unsharp mask: halos on every edge
-    img = img + rng.normal(0, 0.025, img.shape[:2])[..., None].astype(np.float32)  # luma grain
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    """The station's camera: monochrome sensor, ring light (bright centre, dark corners), grain."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    h, w = grey.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cx, cy = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6)
+    r = np.hypot((xx - cx) / w, (yy - cy) / h)
+    ring = 1.35 * np.exp(-((r / 0.45) ** 2)) + 0.35  # hot centre, corners at about a third
+    img = np.clip(grey * ring, 0, 1) ** 1.25  # the station's harder contrast curve
+    img = img + rng.normal(0, 0.02, img.shape).astype(np.float32)
+    out = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return cv2.cvtColor(out, cv2.COLOR_GRAY2RGB)
 
 
 def make_buyer_set(folder: Path, photos: int, seed: int) -> Path:
@@ -86,12 +108,18 @@ def evaluate(model: str, data: Path) -> dict[str, dict[str, float]]:
     }
 
 
-def train(from_ref: str | None, data: Path, out: Path) -> tuple[str, float]:
+def train(from_ref: str | None, data: Path, out: Path, base: str) -> tuple[str, float]:
+    from cv.prep import PrepSettings
+    from models.bundle import load_bundle
+    from models.refs import resolve_model_ref
     from training.config import load_train_config
     from training.engine import train as train_model
 
     shutil.rmtree(out, ignore_errors=True)
     config = load_train_config("finetune_classifier", "classifier")
+    # Both arms see the same pixels: scratch gets the base model's prep (a fine-tune keeps it anyway).
+    base_prep = PrepSettings(**load_bundle(resolve_model_ref(base, "classifier")).prep)
+    config = config.model_copy(update={"prep": base_prep})
     started = time.perf_counter()
     result = train_model(
         "classifier", config, data, from_ref=from_ref, out=out, track=False, log=lambda *_: None
@@ -111,12 +139,12 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    buyer_train = make_buyer_set(CACHE / f"buyer-train-{args.train_photos}", args.train_photos, seed=501)
-    buyer_test = make_buyer_set(CACHE / f"buyer-test-{args.test_photos}", args.test_photos, seed=502)
+    buyer_train = make_buyer_set(CACHE / f"{LOOK}-train-{args.train_photos}", args.train_photos, seed=501)
+    buyer_test = make_buyer_set(CACHE / f"{LOOK}-test-{args.test_photos}", args.test_photos, seed=502)
     print(f"buyer photos ready in {time.perf_counter() - started:.0f} s: {buyer_train}, {buyer_test}")
 
-    scratch, t_scratch = train(None, buyer_train, CACHE / "run-scratch")
-    tuned, t_tuned = train(args.base, buyer_train, CACHE / "run-finetune")
+    scratch, t_scratch = train(None, buyer_train, CACHE / "run-scratch", args.base)
+    tuned, t_tuned = train(args.base, buyer_train, CACHE / "run-finetune", args.base)
     print(f"training on {args.train_photos} photos: scratch {t_scratch:.0f} s, fine-tune {t_tuned:.0f} s")
 
     results = {name: evaluate(ref, buyer_test) for name, ref in

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,6 +34,10 @@ class PrepSettings(BaseModel):
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     clahe: bool = False
     white_balance: bool = False
+    # Pyramid levels tiled, as scales of the working photo. Defects range from a 3 mm skipped stitch
+    # to a logo printed 5 cm off: full-scale tiles keep threads visible, coarse levels show a whole
+    # label or logo with its surroundings (at 0.25 a 1280-px photo is one tile). (1.0,) = plain tiles.
+    levels: tuple[float, ...] = (1.0,)
 
     @model_validator(mode="after")
     def _check(self) -> PrepSettings:
@@ -42,6 +47,14 @@ class PrepSettings(BaseModel):
             )
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive in every channel, got {self.std}")
+        if (
+            not self.levels
+            or any(not 0 < v <= 1 for v in self.levels)
+            or len(set(self.levels)) != len(self.levels)
+        ):
+            raise ValueError(
+                f"levels must be distinct scales in (0, 1], e.g. [1.0, 0.5, 0.25]; got {self.levels}"
+            )
         return self
 
 
@@ -112,6 +125,33 @@ def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarra
     return work, scale
 
 
+@dataclass(frozen=True)
+class WorkingPhoto:
+    """A decoded photo and its working-scale copy; ``to_photo`` maps working px to the photo's own px."""
+
+    photo: Any  # cv.decode.Photo
+    rgb_work: np.ndarray
+    work_scale: float  # working px per decoded px
+
+    @property
+    def to_photo(self) -> float:
+        return 1.0 / (self.work_scale * self.photo.scale)
+
+
+def working_photo(
+    source: Any, settings: PrepSettings, *, max_pixels: int | None = None, name: str | None = None
+) -> WorkingPhoto:
+    """Decode ``source`` (path or bytes) reduced to the working scale: the one decode that training,
+    evaluation and serving all use, so a model sees the same pixels in each (the decode's DCT
+    reduction depends on the size asked for, so asking for another size would give other pixels)."""
+    from cv.decode import decode_photo
+
+    kwargs = {"max_pixels": max_pixels} if max_pixels is not None else {}
+    photo = decode_photo(source, min_long_side=settings.work_long_side, name=name, **kwargs)
+    work, scale = to_working_scale(photo.rgb, settings)
+    return WorkingPhoto(photo, work, scale)
+
+
 def _normalise_lut(settings: PrepSettings) -> np.ndarray:
     """(3, 256) float32: the normalised value of every uint8 level, per channel."""
     levels = np.arange(256, dtype=np.float64) / 255.0
@@ -170,27 +210,42 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxTransfor
     return out, LetterboxTransform(scale, pad_x, pad_y, w, h, size)
 
 
-def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, list[Tile]]:
-    """Cut the working-scale photo into overlapping tiles, ready for the network.
+def pyramid_level(rgb_work: np.ndarray, scale: float) -> np.ndarray:
+    """The working photo at one pyramid level (``scale`` 1.0 returns it as it is)."""
+    h, w = rgb_work.shape[:2]
+    return _resize(rgb_work, (max(1, round(w * scale)), max(1, round(h * scale))))
 
-    Returns (float32 N x 3 x input_size x input_size, tiles). A tile smaller than ``tile_size``
-    (photo smaller than one tile) is padded at the right/bottom, so a box from the network maps to
-    working pixels as ``box * tile_size / input_size + (tile.x, tile.y)`` for every tile.
+
+def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, list[Tile]]:
+    """Cut the working-scale photo into overlapping tiles at every pyramid level, ready for the network.
+
+    Returns (float32 N x 3 x input_size x input_size, tiles), full-scale tiles first. A tile smaller
+    than ``tile_size`` (a level smaller than one tile) is padded at the right/bottom, so a box from
+    the network maps to working pixels as ``box * tile_size / input_size / tile.scale + (tile.x, tile.y)``
+    for every tile (:func:`tile_boxes_to_tile_px`).
     """
     _check_rgb(rgb_work)
-    h, w = rgb_work.shape[:2]
     s = settings.tile_size
-    tiles = tile_grid(w, h, s, settings.tile_overlap)
-    batch = np.full((len(tiles), s, s, 3), LETTERBOX_FILL, np.uint8)
-    for i, t in enumerate(tiles):
-        batch[i, : t.h, : t.w] = rgb_work[t.y : t.y + t.h, t.x : t.x + t.w]
+    crops, tiles = [], []
+    for scale in settings.levels:
+        level = pyramid_level(rgb_work, scale)
+        lh, lw = level.shape[:2]
+        for t in tile_grid(lw, lh, s, settings.tile_overlap):
+            crop = np.full((s, s, 3), LETTERBOX_FILL, np.uint8)
+            crop[: t.h, : t.w] = level[t.y : t.y + t.h, t.x : t.x + t.w]
+            crops.append(crop)
+            tiles.append(
+                Tile(round(t.x / scale), round(t.y / scale), round(t.w / scale), round(t.h / scale), scale)
+            )
+    batch = np.stack(crops)
     if settings.input_size != s:
         batch = np.stack([_resize(tile, (settings.input_size, settings.input_size)) for tile in batch])
     return normalise(batch, settings), tiles
 
 
-def tile_boxes_to_tile_px(boxes_xyxy: np.ndarray, settings: PrepSettings) -> np.ndarray:
-    """Boxes in network-input pixels of one tile -> that tile's working-scale pixels."""
+def tile_boxes_to_tile_px(boxes_xyxy: np.ndarray, settings: PrepSettings, scale: float = 1.0) -> np.ndarray:
+    """Boxes in network-input pixels of one tile -> that tile's working-scale pixels (``scale``:
+    the tile's pyramid level)."""
     return np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4) * (
-        settings.tile_size / settings.input_size
+        settings.tile_size / settings.input_size / scale
     )

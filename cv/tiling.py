@@ -18,12 +18,14 @@ import numpy as np
 @dataclass(frozen=True)
 class Tile:
     """A tile in working-scale pixels; ``w``/``h`` are smaller than the tile size only when the
-    photo itself is smaller than one tile."""
+    photo itself is smaller than one tile. ``scale`` is the pyramid level it was cut from: a tile of
+    a level at scale 0.25 covers 4x the working pixels of a full-scale tile (``w``/``h`` say so)."""
 
     x: int
     y: int
     w: int
     h: int
+    scale: float = 1.0
 
     @property
     def xyxy(self) -> tuple[int, int, int, int]:

@@ -130,6 +130,8 @@ class ModelBundle(BaseModel):
 
     def build_module(self, device: str | torch.device = "cpu") -> nn.Module:
         """The network with this bundle's weights, in eval mode, on ``device``."""
+        import torch
+
         from models.pretrained import read_state_dict
 
         module = build_untrained(self)
@@ -143,7 +145,8 @@ class ModelBundle(BaseModel):
                 f"({str(exc).splitlines()[0]}); the bundle.json and weights.pt come from different models: "
                 "save the bundle again from the trained model"
             ) from exc
-        return module.to(device).eval()
+        # Channels-last: the layout oneDNN's convolutions are fastest in on CPU (training uses it too).
+        return module.to(device, memory_format=torch.channels_last).eval()
 
 
 def build_untrained(bundle: ModelBundle) -> nn.Module:

@@ -119,8 +119,8 @@ def detect_photo(
     batch, grid = prepare_tiles(rgb_work, prep)
     keep = list(range(len(grid)))
     if tiles is not None:
-        wanted = {t if isinstance(t, int) else (t.x, t.y) for t in tiles}
-        keep = [i for i, t in enumerate(grid) if i in wanted or (t.x, t.y) in wanted]
+        wanted = {t if isinstance(t, int) else (t.x, t.y, t.scale) for t in tiles}
+        keep = [i for i, t in enumerate(grid) if i in wanted or (t.x, t.y, t.scale) in wanted]
     if not keep:
         return []
     batch = batch[keep]
@@ -137,7 +137,7 @@ def detect_photo(
         if cutoff > -np.inf:
             sel = d.scores >= cutoff
             d = type(d)(d.boxes[sel], d.scores[sel], d.labels[sel], d.subtypes[sel])
-        boxes = tile_boxes_to_tile_px(d.boxes, prep)
+        boxes = tile_boxes_to_tile_px(d.boxes, prep, grid[i].scale)
         per_tile.append((grid[i], boxes, d.scores, d.labels))
         for label, score, sub in zip(d.labels, d.scores, d.subtypes, strict=True):
             best_subtype.setdefault((int(label), float(np.float32(score))), int(sub))

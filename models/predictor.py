@@ -62,7 +62,9 @@ class Predictor:
         import torch
 
         with torch.inference_mode():
-            out = self._runner(torch.from_numpy(batch).to(self.device))
+            out = self._runner(
+                torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            )
         if isinstance(out, torch.Tensor):
             return {"logits": out.float().cpu().numpy()}
         return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -124,19 +124,14 @@ class Triage:
 
     def photo(self, source: str | Path | bytes, name: str | None = None) -> PhotoResult:
         """Triage one photo. Raises :class:`cv.errors.PhotoError` for an unreadable file."""
-        from cv.decode import decode_photo
-        from cv.prep import to_working_scale
+        from cv.prep import working_photo
         from cv.quality import assess_photo
         from models.photo import calibrate_scores, detect_photo, score_photo
 
-        # One reduced decode serves both the gate and the model: large enough for the working scale.
-        long_side = max(self.prep.work_long_side, self.quality_config.analysis_long_side)
-        photo = decode_photo(
-            source, min_long_side=long_side, max_pixels=self.quality_config.max_pixels, name=name
-        )
+        # One reduced decode, the same one training cut its crops from, serves the gate and the models.
+        wp = working_photo(source, self.prep, max_pixels=self.quality_config.max_pixels, name=name)
+        photo, work, to_photo = wp.photo, wp.rgb_work, wp.to_photo  # to_photo: working -> upright px
         report = assess_photo(photo, self.quality_config)
-        work, work_scale = to_working_scale(photo.rgb, self.prep)
-        to_photo = 1.0 / (work_scale * photo.scale)  # working px -> original upright px
 
         raw = score_photo(work, self.classifier, self.prep)
         scores = calibrate_scores(raw, self.classifier.bundle.calibration)

@@ -88,6 +88,33 @@ def test_prepare_tiles_and_merge_round_trip_a_known_box():
     np.testing.assert_allclose(merged[0], box, atol=0.5)
 
 
+def test_pyramid_levels_add_coarse_tiles_that_map_boxes_back_to_working_pixels():
+    s = PrepSettings(
+        work_long_side=1280, tile_size=320, tile_overlap=48, input_size=160, levels=(1.0, 0.5, 0.25)
+    )
+    work, _ = to_working_scale(scene(), s)
+    batch, tiles = prepare_tiles(work, s)
+    scales = [t.scale for t in tiles]
+    assert scales == sorted(scales, reverse=True) and set(scales) == {1.0, 0.5, 0.25}
+    whole = [t for t in tiles if t.scale == 0.25]
+    # The coarsest level is the whole photo in one tile, padded right/bottom.
+    assert len(whole) == 1 and (whole[0].x, whole[0].y) == (0, 0)
+    assert (whole[0].w, whole[0].h) == (work.shape[1], work.shape[0])
+    # A 600-px defect answered on the whole-photo tile comes back in working pixels.
+    box = np.array([[300.0, 200.0, 900.0, 500.0]])
+    in_input = box * 0.25 * 160 / 320
+    back = tile_boxes_to_tile_px(in_input, s, whole[0].scale) + [whole[0].x, whole[0].y] * 2
+    np.testing.assert_allclose(back, box, atol=1e-3)
+    i = tiles.index(whole[0])
+    coarse = np.full((320, 320, 3), 114, np.uint8)
+    small = cv2.resize(work, (320, round(work.shape[0] * 0.25)), interpolation=cv2.INTER_AREA)
+    coarse[: small.shape[0]] = small
+    expected = normalise(cv2.resize(coarse, (160, 160), interpolation=cv2.INTER_AREA), s)
+    np.testing.assert_allclose(batch[i], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="levels"):
+        PrepSettings(levels=(1.0, 2.0))
+
+
 def test_small_photo_is_padded_into_one_tile():
     s = PrepSettings(work_long_side=200, tile_size=320, tile_overlap=48, input_size=320)
     work, _ = to_working_scale(scene(150, 200), s)

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from training.calibrate import calibrate_thresholds, fit_calibration, threshold_for_recall
-from training.evaluate import confusion_by_family, detection_map, family_metrics, flat_metrics
+from training.evaluate import (
+    PhotoRun,
+    calibration_halves,
+    confusion_by_family,
+    detection_map,
+    family_metrics,
+    flat_metrics,
+    subset_run,
+    subtype_recall,
+)
 
 FAMS = ("stitching", "logo", "label")
 
@@ -52,6 +61,36 @@ def test_flat_metrics_drop_nans_and_average_defined_families():
 def test_family_metrics_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="families"):
         family_metrics(np.zeros((4, 2)), np.zeros((4, 2)), 0.5, FAMS)
+
+
+def test_subtype_recall_by_hand():
+    families = ["stitching", "logo", "label"]
+    probs = np.array([[0.9, 0, 0], [0.2, 0, 0], [0.7, 0.1, 0], [0.1, 0.8, 0]])
+    run = PhotoRun(
+        families=families,
+        image_ids=[1, 2, 3, 4],
+        raw=probs,
+        labels=probs > 0.5,
+        subtypes=[["skipped_stitch"], ["skipped_stitch"], ["open_seam", "wrong_colour"], []],
+    )
+    out = subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})
+    assert out["skipped_stitch"] == {"family": "stitching", "photos": 2, "recall": 0.5, "median_score": 0.55}
+    assert out["open_seam"]["recall"] == 1.0 and out["wrong_colour"]["recall"] == 0.0
+    assert set(out) == {"skipped_stitch", "open_seam", "wrong_colour"}
+
+
+def test_calibration_and_report_halves_are_disjoint_and_cover_the_photos():
+    ids = [7, 3, 9, 1, 5]
+    cal, rep = calibration_halves(ids)
+    assert sorted([ids[i] for i in cal]) == [1, 5, 9] and sorted([ids[i] for i in rep]) == [3, 7]
+    subtypes = [["a"], ["b"], ["c"], ["d"], ["e"]]
+    dets = [{"image_id": 3}, {"image_id": 9}]
+    run = PhotoRun(
+        ["stitching"], ids, np.arange(5.0)[:, None], np.ones((5, 1), bool), dets, subtypes=subtypes
+    )
+    part = subset_run(run, rep)
+    assert part.image_ids == [7, 3] and part.raw[:, 0].tolist() == [0.0, 1.0]
+    assert part.detections == [{"image_id": 3}] and part.subtypes == [["a"], ["b"]]
 
 
 def test_confusion_counts():

@@ -62,7 +62,10 @@ def test_round_trip_gives_identical_outputs_and_metadata(saved_classifier):
     assert not rebuilt.training
     x = torch.randn(3, 3, 320, 320)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x), model(x))
+        # Same weights; the rebuilt module runs channels-last, which only reorders float sums.
+        for key, value in model.state_dict().items():
+            assert torch.equal(rebuilt.state_dict()[key], value), key
+        torch.testing.assert_close(rebuilt(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_detector_round_trip(tmp_path):

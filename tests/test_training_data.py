@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from cv.prep import PrepSettings
 from training.config import CacheSettings
 from training.data import (
+    IGNORE,
     LOOKALIKE,
     POSITIVE,
     RANDOM,
@@ -14,6 +16,8 @@ from training.data import (
     balanced_batches,
     crop_targets,
     crops_from_photo,
+    home_level,
+    level_tile_counts,
     lookalike_boxes_work,
 )
 
@@ -27,9 +31,46 @@ def test_box_counts_for_a_crop_when_half_of_it_is_inside():
     assert labels.tolist() == [1, 1, 1]
     assert np.allclose(b[0], [45, 5, 50, 15]) and np.allclose(b[1], [30, 30, 50, 50])
     assert s.tolist() == [1, -1, 12]
-    # box 0 only 40 % inside: dropped; the carton-sized box 2 still counts (it fills the crop)
+    # box 0 only 40 % inside: dropped and its family ignored on this crop (neither defect nor good);
+    # the carton-sized box 2 still counts (it fills the crop)
     b, f, s, labels = crop_targets(boxes[[0, 2]], fams[[0, 2]], subs[[0, 2]], (0, 0, 98, 98), 98, 0.5)
-    assert labels.tolist() == [0, 0, 1] and f.tolist() == [2]
+    assert labels.tolist() == [IGNORE, 0, 1] and f.tolist() == [2]
+
+
+def test_box_too_small_at_the_crop_scale_is_ignored_not_taught():
+    boxes = np.array([[40, 40, 60, 50]], np.float32)  # 20 px long in the photo
+    fams, subs = np.array([0]), np.array([0])
+    # a 100-px crop seen at 50 px: 10 px in the input, visible
+    assert crop_targets(boxes, fams, subs, (0, 0, 100, 100), 50, 0.5, min_box_px=6)[3].tolist() == [1, 0, 0]
+    # a 400-px (coarse) crop seen at 50 px: 2.5 px, too small to see there
+    b, _, _, labels = crop_targets(boxes, fams, subs, (0, 0, 400, 400), 50, 0.5, min_box_px=6)
+    assert labels.tolist() == [IGNORE, 0, 0] and len(b) == 0
+
+
+def test_pyramid_crops_put_large_boxes_on_coarse_levels_and_show_the_whole_photo():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    prep = PrepSettings(work_long_side=400, tile_size=100, tile_overlap=10, input_size=64, levels=(1.0, 0.25))
+    settings = CacheSettings(
+        crops_per_box=2, negatives_per_photo=3, lookalike_crops=0, scale_jitter=(1.0, 1.0)
+    )
+    boxes = np.array([[10, 10, 30, 20], [50, 50, 350, 250]], np.float32)  # a small and a 300-px box
+    assert home_level(boxes[0], prep) == 1.0 and home_level(boxes[1], prep) == 0.25
+    crops = crops_from_photo(
+        rgb, boxes, np.array([0, 1]), np.array([0, 4]), np.zeros((0, 4)), prep, settings, rng
+    )
+    positives = [c for c in crops if c[5] == POSITIVE]
+    # the large box is seen whole: its crop is 400 px (100 / 0.25) and holds the entire box
+    big = positives[2:]
+    assert all(c[4][1] == 1 and len(c[1]) >= 1 for c in big)
+    # one more crop is exactly the coarsest tile of inference: the whole photo at 0.25, padded right/bottom
+    whole = crops[-1]
+    expected = np.full((100, 100, 3), 114, np.uint8)
+    expected[:75, :100] = cv2.resize(rgb, (100, 75), interpolation=cv2.INTER_AREA)
+    assert (
+        np.abs(whole[0].astype(int) - cv2.resize(expected, (64, 64), interpolation=cv2.INTER_AREA)).mean() < 6
+    )
+    assert level_tile_counts(400, 300, prep) == {1.0: 20, 0.25: 1}
 
 
 def test_crops_around_every_box_with_scale_jitter_and_negatives():

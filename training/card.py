@@ -26,7 +26,8 @@ def model_card(
         "",
         "## Data",
         f"- dataset version `{split.data_version}` (split `{split.split_id}`): "
-        f"{len(split.train_ids)} training photos, {report['photos']} validation photos",
+        f"{len(split.train_ids)} training photos; validation photos: {report.get('calibration_photos', 0)} "
+        f"fit the calibration, {report['photos']} others are reported below",
         f"- counts: `{split.counts}`",
     ]
     if from_bundle is not None:
@@ -40,7 +41,7 @@ def model_card(
         f"- crops: `{cfg['cache']}`; augmentation `{cfg['augment']}`; "
         f"positives per batch {cfg['positive_fraction']}",
         "",
-        "## Validation (whole photos, calibrated scores, at the flag threshold)",
+        "## Validation (whole photos not used for calibration, calibrated scores, at the flag threshold)",
         "",
         "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -63,13 +64,14 @@ def model_card(
     lines += [
         "",
         "## Thresholds",
-        f"Per family, Platt scaling on the max tile score, fitted on the validation photos; **flag** is the "
-        f"highest threshold keeping validation recall ≥ {target}, **review** keeps ≥ {review}.",
+        f"Per family, Platt scaling on the max tile score, fitted on half of the validation photos "
+        f"(alternate photos by id); **flag** is the highest threshold keeping recall ≥ {target} on that "
+        "half, "
+        f"**review** keeps ≥ {review}. The table above is measured on the other half.",
         "",
         "## Known limits",
-        "- Thresholds and calibration are fitted on the same validation photos the table reports, so the "
-        "recall above is optimistic by construction; check on a held-out PO before trusting the "
-        "false-flag rate.",
+        "- Validation photos come from the same generator and seed range as training; a new PO (other "
+        "products, light, phones) is the real test: `loupe val --model REF --data PO`.",
         "- A family with no defect photos in validation gets fallback thresholds (flag 0.5, review 0.25).",
         "- Trained on the data above (synthetic unless the dataset says otherwise): real factory photos, "
         "new products or lighting need a fine-tune (`loupe train ... --from`).",

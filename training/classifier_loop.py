@@ -1,7 +1,8 @@
 """The tile classifier's loop: one epoch of training on cached crops, and crop-level validation.
 
-Multi-label: one sigmoid logit per family, binary cross-entropy; batches are balanced between crops
-with and without defects (:func:`training.data.balanced_batches`).
+Multi-label: one sigmoid logit per family, binary cross-entropy over the labels a crop can answer
+(a family marked ignore on a crop, cut by its border or too small at its scale, adds no loss);
+batches are balanced between crops with and without defects (:func:`training.data.balanced_batches`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import TileCache, load_batch
-from training.engine import optimiser_step
+from training.engine import model_input, optimiser_step
 
 
 def train_one_epoch(
@@ -37,11 +38,13 @@ def train_one_epoch(
     total, seen, start = 0.0, 0, time.perf_counter()
     for step, indices in enumerate(batches):
         images, labels, *_ = load_batch(cache, indices, pipeline, prep, min_visible)
-        x = torch.from_numpy(images).to(device, non_blocking=True)
+        x = model_input(images, device)
         y = torch.from_numpy(labels).to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        known = (y >= 0).float()
+        per_label = F.binary_cross_entropy_with_logits(logits.float(), y.clamp(min=0), reduction="none")
+        loss = (per_label * known).sum() / known.sum().clamp(min=1.0)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"classifier loss is {loss.item()} at step {step}: lower the learning rate"
@@ -66,7 +69,7 @@ def crop_scores(
     for start in range(0, len(cache), batch_size):
         idx = np.arange(start, min(start + batch_size, len(cache)))
         images, *_ = load_batch(cache, idx, None, prep, 0.5)
-        out.append(torch.sigmoid(model(torch.from_numpy(images).to(device)).float()).cpu().numpy())
+        out.append(torch.sigmoid(model(model_input(images, device)).float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, cache.labels.shape[1]), np.float32)
 
 
@@ -74,13 +77,20 @@ def evaluate_crops(
     model: torch.nn.Module, cache: TileCache, prep: Any, device: torch.device, families: list[str]
 ) -> dict[str, float]:
     """Crop-level validation: BCE loss and per-family AP/AUROC; ``score`` (mean AP) drives early stopping."""
+    from training.data import IGNORE
     from training.evaluate import family_metrics, flat_metrics
 
     scores = crop_scores(model, cache, prep, device)
-    labels = cache.labels.astype(bool)
+    known = cache.labels != IGNORE
+    labels = cache.labels == 1
     eps = 1e-6
-    loss = float(-np.mean(labels * np.log(scores + eps) + (~labels) * np.log(1 - scores + eps)))
-    flat = flat_metrics(family_metrics(scores, labels, 0.5, families), prefix="val_crops")
+    nll = -(labels * np.log(scores + eps) + (~labels) * np.log(1 - scores + eps))
+    loss = float(nll[known].mean()) if known.any() else 0.0
+    per_family = {}
+    for i, family in enumerate(families):  # each family on the crops that can answer for it
+        rows = known[:, i]
+        per_family.update(family_metrics(scores[rows][:, [i]], labels[rows][:, [i]], 0.5, [family]))
+    flat = flat_metrics(per_family, prefix="val_crops")
     flat["val_crops/loss"] = loss
     flat["score"] = flat.get("val_crops/mean_average_precision", -loss)
     return flat

@@ -31,6 +31,12 @@ class CacheSettings(BaseModel):
         0.3, ge=0, le=0.5, description="box centre offset, fraction of the crop side"
     )
     min_visible: float = Field(0.5, gt=0, le=1, description="share of a box inside a crop for it to count")
+    min_box_px: float = Field(
+        6.0,
+        ge=0,
+        description="a box whose long side is under this many network-input px on a crop is too small to "
+        "see there (a coarse pyramid level): its family is ignored on that crop, neither defect nor good",
+    )
     max_photos: int | None = Field(None, ge=1, description="cap on training photos (quick runs)")
 
     @model_validator(mode="after")

@@ -23,7 +23,12 @@ from datasets.taxonomy import FAMILIES, SUBTYPE_FAMILY, SUBTYPES
 
 # Crop kinds, kept so batches can be balanced and hard negatives counted.
 RANDOM, POSITIVE, LOOKALIKE = 0, 1, 2
-CACHE_FORMAT = 1
+# A crop's family label: 0 absent, 1 present, IGNORE when a box of it is only partly inside the crop
+# or too small to see at the crop's scale (the loss skips it rather than teach either answer).
+IGNORE = 255
+# A box is cropped at the finest pyramid level where its long side fills at most this share of a tile.
+FIT_IN_TILE = 0.8
+CACHE_FORMAT = 2
 # Subtype index -> name, for the detector's subtype head: every subtype of every family, in taxonomy order.
 SUBTYPE_NAMES: tuple[str, ...] = tuple(s for f in FAMILIES for s in SUBTYPES[f])
 SUBTYPE_INDEX: dict[str, int] = {s: i for i, s in enumerate(SUBTYPE_NAMES)}
@@ -36,7 +41,8 @@ class TileCache:
     """Training crops in memory (``crops`` may be a read-only memmap)."""
 
     crops: np.ndarray  # (N, S, S, 3) uint8, S = prep.input_size
-    labels: np.ndarray  # (N, F) uint8: family present (≥ min_visible of a box inside, or box fills the crop)
+    labels: np.ndarray  # (N, F) uint8: 1 family present (≥ min_visible of a box inside, or box fills the
+    # crop), 0 absent, IGNORE (partly inside, or too small at the crop's scale)
     kinds: np.ndarray  # (N,) RANDOM / POSITIVE / LOOKALIKE
     photo_ids: np.ndarray  # (N,) COCO image id the crop came from
     boxes: list[np.ndarray]  # per crop (K, 4) xyxy float32 in crop (input) pixels
@@ -53,7 +59,7 @@ class TileCache:
             "positive": int((self.kinds == POSITIVE).sum()),
             "lookalike": int((self.kinds == LOOKALIKE).sum()),
             "random": int((self.kinds == RANDOM).sum()),
-            **{f"with_{f}": int(self.labels[:, i].sum()) for i, f in enumerate(FAMILIES)},
+            **{f"with_{f}": int((self.labels[:, i] == 1).sum()) for i, f in enumerate(FAMILIES)},
         }
 
 
@@ -75,13 +81,10 @@ def cache_key(data_version: str, prep: dict, settings: dict, image_ids: list[int
 
 
 def load_working_photo(path: Path, prep: Any) -> np.ndarray:
-    """Decode a photo reduced and bring it to the working scale of ``prep`` (uint8 RGB)."""
-    from cv.decode import decode_photo
-    from cv.prep import to_working_scale
+    """Decode a photo reduced and bring it to the working scale of ``prep`` (uint8 RGB), as serving does."""
+    from cv.prep import working_photo
 
-    photo = decode_photo(path, min_long_side=prep.work_long_side)
-    rgb_work, _ = to_working_scale(photo.rgb, prep)
-    return rgb_work
+    return working_photo(path, prep).rgb_work
 
 
 def photo_boxes_work(
@@ -132,11 +135,14 @@ def crop_targets(
     crop_xyxy: tuple[float, float, float, float],
     out_size: int,
     min_visible: float,
+    min_box_px: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boxes seen by a crop (clipped, in ``out_size`` crop pixels) and the crop's family labels.
 
     A box counts when ≥ ``min_visible`` of its area is inside the crop, or when its visible part
-    covers ≥ ``min_visible`` of the crop (a defect larger than a tile, e.g. a missing label on a carton).
+    covers ≥ ``min_visible`` of the crop (a defect larger than a tile, e.g. a missing label on a carton),
+    and its long side is ≥ ``min_box_px`` crop pixels. A box that touches the crop but does not count
+    makes its family IGNORE on this crop (unless another box of the family counts).
     """
     x0, y0, x1, y1 = crop_xyxy
     side = x1 - x0
@@ -156,16 +162,37 @@ def crop_targets(
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep = (vis >= min_visible * np.maximum(area, 1e-6)) | (vis >= min_visible * side * side)
     keep &= vis > 0
+    long_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (out_size / side)
+    keep &= long_side >= min_box_px
+    labels[np.unique(fams[(vis > 0) & ~keep])] = IGNORE
     labels[np.unique(fams[keep])] = 1
     k = (clipped[keep] - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)
     return k.astype(np.float32), fams[keep], subs[keep], labels
 
 
 def _place_crop(cx: float, cy: float, side: float, w: int, h: int) -> tuple[float, float, float, float]:
-    """A square crop of ``side`` centred near (cx, cy), shifted to lie inside the photo where it fits."""
-    x0 = min(max(cx - side / 2, 0.0), max(w - side, 0.0)) if side <= w else (w - side) / 2
-    y0 = min(max(cy - side / 2, 0.0), max(h - side, 0.0)) if side <= h else (h - side) / 2
+    """A square crop of ``side`` centred near (cx, cy), shifted to lie inside the photo where it fits;
+    larger than the photo, it starts at the photo's corner (padded right/bottom, as tiles are)."""
+    x0 = min(max(cx - side / 2, 0.0), max(w - side, 0.0))
+    y0 = min(max(cy - side / 2, 0.0), max(h - side, 0.0))
     return x0, y0, x0 + side, y0 + side
+
+
+def home_level(box: np.ndarray, prep: Any) -> float:
+    """The finest pyramid level at which ``box`` (working px) fits in a tile; the coarsest if none does."""
+    long_side = max(box[2] - box[0], box[3] - box[1])
+    levels = sorted(prep.levels, reverse=True)
+    return next((s for s in levels if long_side * s <= FIT_IN_TILE * prep.tile_size), levels[-1])
+
+
+def level_tile_counts(w: int, h: int, prep: Any) -> dict[float, int]:
+    """Tiles per pyramid level of a ``w`` x ``h`` working photo, as :func:`cv.prep.prepare_tiles` cuts."""
+    from cv.tiling import tile_grid
+
+    return {
+        s: len(tile_grid(max(1, round(w * s)), max(1, round(h * s)), prep.tile_size, prep.tile_overlap))
+        for s in prep.levels
+    }
 
 
 def _cut(rgb: np.ndarray, crop_xyxy: tuple[float, float, float, float], out_size: int) -> np.ndarray:
@@ -203,35 +230,47 @@ def crops_from_photo(
     h, w = rgb_work.shape[:2]
     lo, hi = settings.scale_jitter
     out_size = prep.input_size
+    # Random crops are drawn from the pyramid levels as often as inference tiles them.
+    counts = level_tile_counts(w, h, prep)
+    levels = np.asarray(list(counts), np.float64)
+    level_p = np.asarray(list(counts.values()), np.float64) / sum(counts.values())
 
-    def side() -> float:
-        return prep.tile_size * math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    def side(level: float) -> float:
+        return prep.tile_size / level * math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
     def make(cx: float, cy: float, s: float, kind: int):
         xyxy = _place_crop(cx, cy, s, w, h)
-        b, f, sb, labels = crop_targets(boxes, fams, subs, xyxy, out_size, settings.min_visible)
+        b, f, sb, labels = crop_targets(
+            boxes, fams, subs, xyxy, out_size, settings.min_visible, settings.min_box_px
+        )
         return _cut(rgb_work, xyxy, out_size), b, f, sb, labels, kind
+
+    def around(box: np.ndarray, level: float, kind: int):
+        s = side(level)
+        j = settings.centre_jitter * s
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        return make(cx + rng.uniform(-j, j), cy + rng.uniform(-j, j), s, kind)
 
     crops = []
     for box in boxes:
-        bcx, bcy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         for _ in range(settings.crops_per_box):
-            s = side()
-            j = settings.centre_jitter * s
-            crops.append(make(bcx + rng.uniform(-j, j), bcy + rng.uniform(-j, j), s, POSITIVE))
+            crops.append(around(box, home_level(box, prep), POSITIVE))
     for box in lookalikes:
-        bcx, bcy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         for _ in range(settings.lookalike_crops):
-            s = side()
-            j = settings.centre_jitter * s
-            crops.append(make(bcx + rng.uniform(-j, j), bcy + rng.uniform(-j, j), s, LOOKALIKE))
+            crops.append(around(box, home_level(box, prep), LOOKALIKE))
     for _ in range(settings.negatives_per_photo):
-        s = side()
-        crops.append(make(rng.uniform(0, w), rng.uniform(0, h), s, RANDOM))
+        level = float(rng.choice(levels, p=level_p))
+        crops.append(make(rng.uniform(0, w), rng.uniform(0, h), side(level), RANDOM))
+    if len(levels) > 1 and counts[min(counts)] == 1:
+        # The coarsest level shows the whole photo in one tile: that exact view, once per photo.
+        coarse = min(counts)
+        crops.append(make(0.0, 0.0, prep.tile_size / coarse, RANDOM))
     # Look-alikes recorded by name only (no box): extra random crops of that photo are likelier to
     # hold one, so they count as hard negatives when they hold no defect.
     for _ in range(settings.lookalike_crops * n_unlocated_lookalikes):
-        crop = make(rng.uniform(0, w), rng.uniform(0, h), side(), LOOKALIKE)
+        crop = make(
+            rng.uniform(0, w), rng.uniform(0, h), side(1.0 if 1.0 in counts else max(counts)), LOOKALIKE
+        )
         if not crop[4].any():
             crops.append(crop)
     return crops
@@ -282,7 +321,10 @@ def build_tile_cache(
 
 
 def _write_cache(folder: Path, items: list, meta: dict) -> TileCache:
-    tmp = folder.with_name(folder.name + ".partial")
+    import os
+
+    # One staging folder per process: two trainings (classifier and detector) may cut the same cache at once.
+    tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     crops = np.stack([it[0] for it in items])
     np.save(tmp / "crops.npy", crops)
@@ -298,12 +340,12 @@ def _write_cache(folder: Path, items: list, meta: dict) -> TileCache:
         offsets=offsets,
     )
     (tmp / "meta.json").write_text(json.dumps({**meta, "crops": len(items)}, indent=1), encoding="utf-8")
-    if folder.exists():  # a concurrent build finished first; theirs is as good as ours
+    try:
+        tmp.rename(folder)
+    except OSError:  # a concurrent build finished first; theirs is as good as ours
         import shutil
 
         shutil.rmtree(tmp)
-    else:
-        tmp.rename(folder)
     return load_tile_cache(folder)
 
 
@@ -335,7 +377,8 @@ def balanced_batches(
     Positives are drawn so every family is about equally frequent (stitching is most of the boxes);
     negatives favour look-alikes (hard negatives) at about a third of the negative share when there are any.
     """
-    has_defect = cache.labels.any(axis=1)
+    present = cache.labels == 1
+    has_defect = present.any(axis=1)
     pos = np.flatnonzero(has_defect)
     neg = np.flatnonzero(~has_defect)
     if len(pos) == 0 or len(neg) == 0:
@@ -344,9 +387,9 @@ def balanced_batches(
             yield rng.choice(pool, size=batch_size, replace=len(pool) < batch_size)
         return
     # Weight a positive crop by the rarest family it shows.
-    fam_counts = cache.labels[pos].sum(axis=0).astype(np.float64)
+    fam_counts = present[pos].sum(axis=0).astype(np.float64)
     inv = np.where(fam_counts > 0, 1.0 / np.maximum(fam_counts, 1), 0.0)
-    pos_w = (cache.labels[pos] * inv).max(axis=1)
+    pos_w = (present[pos] * inv).max(axis=1)
     pos_w /= pos_w.sum()
     hard = cache.kinds[neg] == LOOKALIKE
     neg_w = np.ones(len(neg))
@@ -369,7 +412,8 @@ def augment_crop(
     """Augment one crop with a box-aware albumentations pipeline; recompute its family labels.
 
     A family stays present when at least one of its boxes survives (albumentations drops boxes cut
-    below the pipeline's min_visibility). Returns crop, boxes xyxy, families, subtypes, labels.
+    below the pipeline's min_visibility); one whose boxes were all cut away becomes IGNORE, and IGNORE
+    stays IGNORE. Returns crop, boxes xyxy, families, subtypes, labels.
     """
     size = crop.shape[0]
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
@@ -391,6 +435,7 @@ def augment_crop(
     b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
     b = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy], axis=1)
     labels = np.zeros(len(FAMILIES), np.uint8)
+    labels[np.unique(fams)] = IGNORE
     labels[np.unique(fams[idx])] = 1
     return image, b.astype(np.float32), fams[idx], subs[idx], labels
 
@@ -398,7 +443,8 @@ def augment_crop(
 def load_batch(
     cache: TileCache, indices: np.ndarray, pipeline: Any | None, prep: Any, min_visible: float
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Normalised float32 NCHW crops, N×F labels, and per-crop boxes/families/subtypes (augmented)."""
+    """Normalised float32 NCHW crops, N×F labels (1 / 0 / -1 = ignore), and per-crop boxes/families/subtypes
+    (augmented)."""
     from cv.prep import normalise
 
     images, labels, boxes, fams, subs = [], [], [], [], []
@@ -412,10 +458,13 @@ def load_batch(
         )
         if pipeline is not None:
             # Labels follow the boxes that survive the transforms (every cached label has its box).
-            crop, b, f, s, y = augment_crop(pipeline, crop, b, f, s, min_visible)
+            crop, b, f, s, aug_y = augment_crop(pipeline, crop, b, f, s, min_visible)
+            y = np.where(y == IGNORE, IGNORE, aug_y).astype(np.uint8)
         images.append(crop)
         labels.append(y)
         boxes.append(b)
         fams.append(f)
         subs.append(s)
-    return normalise(np.stack(images), prep), np.stack(labels).astype(np.float32), boxes, fams, subs
+    y = np.stack(labels).astype(np.float32)
+    y[y == IGNORE] = -1.0
+    return normalise(np.stack(images), prep), y, boxes, fams, subs

@@ -17,7 +17,7 @@ import torch
 from datasets.taxonomy import CATEGORY_IDS
 from models.detector import decode_detections, detector_loss, encode_targets
 from training.data import TileCache, load_batch
-from training.engine import optimiser_step
+from training.engine import model_input, optimiser_step
 
 
 def _targets(model: torch.nn.Module, boxes, fams, subs, size: int) -> dict[str, torch.Tensor]:
@@ -52,7 +52,7 @@ def train_one_epoch(
     for step, indices in enumerate(batches):
         images, _, boxes, fams, subs = load_batch(cache, indices, pipeline, prep, min_visible)
         targets = _targets(model, boxes, fams, subs, images.shape[-1])
-        x = torch.from_numpy(images).to(device, non_blocking=True)
+        x = model_input(images, device)
         with torch.autocast(device.type, enabled=scaler is not None):
             outputs = model(x)
         loss, parts = detector_loss({k: v.float() for k, v in outputs.items()}, targets, loss_weights)
@@ -95,7 +95,7 @@ def evaluate_crops(
     for start in range(0, len(cache), batch_size):
         idx = np.arange(start, min(start + batch_size, len(cache)))
         images, _, boxes, fams, subs = load_batch(cache, idx, None, prep, 0.5)
-        outputs = model(torch.from_numpy(images).to(device))
+        outputs = model(model_input(images, device))
         loss, _ = detector_loss(
             {k: v.float() for k, v in outputs.items()}, _targets(model, boxes, fams, subs, size)
         )

@@ -215,6 +215,30 @@ class PhotoRun:
     labels: np.ndarray  # N×F booleans
     detections: list[dict] = field(default_factory=list)  # COCO results in photo pixels (detector)
     panels: list[tuple[np.ndarray, str]] = field(default_factory=list)  # drawn thumbnails for MLflow
+    subtypes: list[list[str]] = field(default_factory=list)  # per photo, the defect subtypes it holds
+
+
+def subset_run(run: PhotoRun, rows: np.ndarray) -> PhotoRun:
+    """The part of a run on the photos at ``rows`` (indices into ``run.image_ids``)."""
+    rows = np.asarray(rows, np.int64)
+    ids = [run.image_ids[i] for i in rows]
+    keep = set(ids)
+    return PhotoRun(
+        families=run.families,
+        image_ids=ids,
+        raw=run.raw[rows],
+        labels=run.labels[rows],
+        detections=[d for d in run.detections if d["image_id"] in keep],
+        panels=run.panels,
+        subtypes=[run.subtypes[i] for i in rows] if run.subtypes else [],
+    )
+
+
+def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the validation photos that calibrate, and rows that are reported on: alternate photos by
+    id, so thresholds are never judged on the photos that chose them."""
+    order = np.argsort(np.asarray(image_ids), kind="stable")
+    return np.sort(order[0::2]), np.sort(order[1::2])
 
 
 def photo_labels(image: dict, annotations: list[dict], families: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -242,11 +266,12 @@ def run_on_photos(
     families = list(predictor.families)
     images = {im["id"]: im for im in dataset.coco["images"]}
     anns = annotations_by_image(dataset.coco)
-    raw, labels, dets, panels = [], [], [], []
+    raw, labels, dets, panels, subtypes = [], [], [], [], []
     for n, image_id in enumerate(image_ids):
         image = images[image_id]
         rgb = load_working_photo(dataset.image_path(image), prep)
         labels.append(photo_labels(image, anns.get(image_id, []), families))
+        subtypes.append(sorted({a["subtype"] for a in anns.get(image_id, []) if a.get("subtype")}))
         to_photo = (image.get("width") or rgb.shape[1]) / rgb.shape[1]
         findings = []
         if predictor.task == "classifier":
@@ -288,6 +313,7 @@ def run_on_photos(
         labels=np.asarray(labels, bool).reshape(-1, len(families)),
         detections=dets,
         panels=panels,
+        subtypes=subtypes,
     )
 
 
@@ -313,6 +339,7 @@ def photo_report(
     report = {
         "photos": len(run.image_ids),
         "per_family": {f: m.as_dict() for f, m in per_family.items()},
+        "per_subtype": subtype_recall(probs, run, flag),
         "confusion": confusion_by_family(probs, run.labels, flag, run.families),
         "flat": flat_metrics(per_family, prefix="val"),
     }
@@ -321,6 +348,30 @@ def photo_report(
         report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
         report["flat"].update(m.flat(prefix="val"))
     return report
+
+
+def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float]) -> dict[str, dict]:
+    """Per defect subtype: photos holding it, the share flagged for its family, their median score.
+
+    Shows which kinds of defect a model misses (a family's recall averages over very different ones).
+    """
+    from datasets.taxonomy import SUBTYPE_FAMILY
+
+    out: dict[str, dict] = {}
+    for sub in sorted({s for subs in run.subtypes for s in subs}):
+        family = SUBTYPE_FAMILY.get(sub)
+        if family not in run.families:
+            continue
+        k = run.families.index(family)
+        rows = [i for i, subs in enumerate(run.subtypes) if sub in subs]
+        scores = probs[rows, k]
+        out[sub] = {
+            "family": family,
+            "photos": len(rows),
+            "recall": float((scores >= flag[family]).mean()),
+            "median_score": float(np.median(scores)),
+        }
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -338,6 +389,12 @@ def format_report(report: dict) -> str:
             f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{fmt(m['average_precision']):>8}"
             f"{m['threshold']:>8.3f}{fmt(m['recall']):>8}{fmt(m['false_flag_rate']):>12}"
         )
+    if report.get("per_subtype"):
+        lines.append(f"{'subtype':<22}{'family':<10}{'photos':>7}{'recall':>8}{'median score':>14}")
+        for sub, v in report["per_subtype"].items():
+            lines.append(
+                f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
+            )
     if "map" in report:
         mp = report["map"]
         lines.append(f"detector mAP@0.5 {mp['map50']:.3f}   mAP@[.5:.95] {mp['map50_95']:.3f}")

@@ -73,6 +73,11 @@ class SynthConfig(BaseModel):
     max_defects: int = Field(3, ge=1, le=6)
     lookalike_rate: float = Field(0.5, ge=0, le=1, description="chance of a non-defect look-alike")
     closeup_rate: float = Field(0.5, ge=0, le=1)
+    closeup_fov_mm: tuple[float, float] = Field(
+        (100.0, 200.0),
+        description="close-up field of view, mm across the long side (a phone held close: 100–200; "
+        "a macro lens or a fixed inspection station: 40–80)",
+    )
     portrait_rate: float = Field(0.15, ge=0, le=1)
     min_defect_area: float = Field(0.001, ge=0, le=0.05, description="smallest defect box, share of photo")
     family_mix: dict[str, float] = {"stitching": 0.45, "logo": 0.25, "label": 0.3}
@@ -136,6 +141,12 @@ class SynthConfig(BaseModel):
             bad = set(mix or {}) - set(PRODUCTS)
             if bad:
                 raise ValueError(f"product_mix[{milestone}]: unknown products {sorted(bad)}; use {PRODUCTS}")
+        lo, hi = self.closeup_fov_mm
+        if not 30 <= lo <= hi <= 300:
+            raise ValueError(
+                f"closeup_fov_mm must be (low, high) mm with 30 <= low <= high <= 300, "
+                f"got {self.closeup_fov_mm}"
+            )
         return self
 
     def subtype_weights(self, family: str) -> dict[str, float]:

@@ -15,7 +15,7 @@ from datasets.synth.config import PRODUCT_FAMILIES, SynthConfig, parse_size
 from datasets.synth.logos import BRANDS, EMBLEMS
 from datasets.taxonomy import SUBTYPE_FAMILY
 
-# Field of view (mm across the long side of the photo) of whole-product shots and of close-ups.
+# Field of view (mm across the long side of the photo) of whole-product shots (close-ups: the config's).
 WHOLE_FOV = {
     "garment_panel": (450, 650),
     "tshirt": (550, 750),
@@ -25,7 +25,6 @@ WHOLE_FOV = {
     "carton": (650, 950),
     "retail_box": (300, 420),
 }
-CLOSEUP_FOV = (100, 200)
 
 FABRICS = {
     "garment_panel": ("woven", "twill", "knit"),
@@ -141,7 +140,7 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     setting = _pick(rng, config.setting_mix)
     if setting == "hand" and product in ("carton",):
         setting = "floor"
-    long_mm = rng.uniform(*(CLOSEUP_FOV if shot == "closeup" else WHOLE_FOV[product]))
+    long_mm = rng.uniform(*(config.closeup_fov_mm if shot == "closeup" else WHOLE_FOV[product]))
     ppm = max(width, height) / long_mm
     wm, hm = width / ppm, height / ppm
     scene = Scene(rng, product, shot, wm, hm, families)
