@@ -88,7 +88,7 @@ def make_buyer_set(folder: Path, photos: int, seed: int) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     config = SynthConfig.model_validate({**SynthConfig().model_dump(), **BUYER_SYNTH})
-    generate_po(tmp, photos=photos, seed=seed, config=config, workers=2)
+    generate_po(tmp, photos=photos, seed=seed, config=config, workers=1)
     rng = np.random.default_rng(seed)
     for path in sorted((tmp / "images").glob("*.jpg")):
         rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)

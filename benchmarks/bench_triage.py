@@ -1,0 +1,81 @@
+"""Per-photo CPU latency of triage with the shipped default models, stage by stage.
+
+For each photo of a generated PO (cached under benchmarks/.cache): one reduced decode to the working
+scale, the quality gate, the classifier on every tile of the pyramid, and the detector on every tile
+(triage runs it only on suspect photos; this measures the worst case). Each model runs on ONNX Runtime
+(what `loupe predict` uses) and on torch eager (the baseline), at 1 and 2 threads. Median milliseconds
+per photo; the machine may be shared, so run it when nothing else is.
+
+    .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+CACHE = Path(__file__).resolve().parent / ".cache" / "triage-po"
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, (time.perf_counter() - start) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=24)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--model", default="default", help="classifier/detector bundle ref")
+    args = parser.parse_args()
+
+    from cv.prep import working_photo
+    from cv.quality import QualityConfig, assess_photo
+    from datasets.synth import generate_po
+    from models.photo import as_prep, detect_photo, score_photo
+    from models.predictor import load_predictor
+    from models.refs import resolve_model_ref
+
+    folder = CACHE / f"po-{args.photos}"
+    if not (folder / "annotations.json").exists():
+        generate_po(folder, photos=args.photos, seed=4242)  # the config's size mix: 1.2 to 12 MP
+    paths = sorted((folder / "images").glob("*.jpg"))
+    quality = QualityConfig()
+    refs = {task: resolve_model_ref(args.model, task) for task in ("classifier", "detector")}
+    prep = as_prep(load_predictor(refs["classifier"], "torch", "cpu", 1).bundle.prep)
+    print(f"{len(paths)} photos of {folder}; prep: work {prep.work_long_side} px, tile {prep.tile_size}, "
+          f"input {prep.input_size}, levels {list(prep.levels)}")  # fmt: skip
+
+    decode_ms, gate_ms, works = [], [], []
+    for path in paths:
+        wp, ms = timed(working_photo, path, prep)
+        decode_ms.append(ms)
+        _, ms = timed(assess_photo, wp.photo, quality)
+        gate_ms.append(ms)
+        works.append(wp.rgb_work)
+    tiles = len(score_photo(works[0], load_predictor(refs["classifier"], "onnx", "cpu", 1), prep).tiles)
+    decode, gate = statistics.median(decode_ms), statistics.median(gate_ms)
+    print(f"decode to working scale {decode:7.1f} ms/photo   quality gate {gate:6.1f} ms/photo")
+    print(f"({tiles} tiles on a 4:3 photo)\n")
+
+    print(f"{'model':<11}{'backend':<9}{'threads':>8}{'ms/photo':>10}{'vs torch':>10}")
+    for task, run in (("classifier", score_photo), ("detector", detect_photo)):
+        for threads in args.threads:
+            per_backend = {}
+            for backend in ("torch", "onnx"):
+                predictor = load_predictor(refs[task], backend, "cpu", threads)
+                run(works[0], predictor, prep)  # warm-up (ONNX session, oneDNN kernels)
+                per_backend[backend] = statistics.median(timed(run, w, predictor, prep)[1] for w in works)
+            for backend, ms in per_backend.items():
+                ratio = per_backend["torch"] / ms
+                print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
