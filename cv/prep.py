@@ -210,6 +210,18 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxTransfor
     return out, LetterboxTransform(scale, pad_x, pad_y, w, h, size)
 
 
+# A box belongs to the finest pyramid level where its long side fills at most this share of a tile:
+# training crops it there, and a detector's box is trusted from that level.
+FIT_IN_TILE = 0.8
+
+
+def home_level(long_side_work: float, settings: PrepSettings) -> float:
+    """The finest pyramid level at which a box of this long side (working px) fits in a tile; the
+    coarsest when none does."""
+    levels = sorted(settings.levels, reverse=True)
+    return next((s for s in levels if long_side_work * s <= FIT_IN_TILE * settings.tile_size), levels[-1])
+
+
 def pyramid_level(rgb_work: np.ndarray, scale: float) -> np.ndarray:
     """The working photo at one pyramid level (``scale`` 1.0 returns it as it is)."""
     h, w = rgb_work.shape[:2]

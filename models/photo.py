@@ -99,6 +99,7 @@ def detect_photo(
     score_threshold: float | None = None,
     top_k: int | None = None,
     merge_iou: float | None = None,
+    home_level_only: bool | None = None,
 ) -> list[tuple[tuple[float, float, float, float], float, str, str | None]]:
     """Box defects on a working-scale photo: detect per tile, merge back to photo (working) pixels.
 
@@ -107,7 +108,7 @@ def detect_photo(
     e.g. the ones the classifier flagged); default: every tile. Decoding settings default to the
     ones saved in the bundle's training config (``config.detector``).
     """
-    from cv.prep import prepare_tiles, tile_boxes_to_tile_px
+    from cv.prep import home_level, prepare_tiles, tile_boxes_to_tile_px
     from cv.tiling import merge_tile_detections
 
     prep = as_prep(prep)
@@ -115,6 +116,8 @@ def detect_photo(
     score_threshold = saved.get("score_threshold", 0.1) if score_threshold is None else score_threshold
     top_k = saved.get("top_k", 50) if top_k is None else top_k
     merge_iou = saved.get("merge_iou", 0.5) if merge_iou is None else merge_iou
+    if home_level_only is None:
+        home_level_only = saved.get("home_level_only", False)
 
     batch, grid = prepare_tiles(rgb_work, prep)
     keep = list(range(len(grid)))
@@ -138,6 +141,11 @@ def detect_photo(
             sel = d.scores >= cutoff
             d = type(d)(d.boxes[sel], d.scores[sel], d.labels[sel], d.subtypes[sel])
         boxes = tile_boxes_to_tile_px(d.boxes, prep, grid[i].scale)
+        if home_level_only and len(prep.levels) > 1:
+            long_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            sel = np.array([home_level(v, prep) == grid[i].scale for v in long_side], bool).reshape(-1)
+            d = type(d)(d.boxes[sel], d.scores[sel], d.labels[sel], d.subtypes[sel])
+            boxes = boxes[sel]
         per_tile.append((grid[i], boxes, d.scores, d.labels))
         for label, score, sub in zip(d.labels, d.scores, d.subtypes, strict=True):
             best_subtype.setdefault((int(label), float(np.float32(score))), int(sub))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cv.prep import PrepSettings
+from cv.prep import PrepSettings, home_level
 from training.config import CacheSettings
 from training.data import (
     IGNORE,
@@ -16,7 +16,6 @@ from training.data import (
     balanced_batches,
     crop_targets,
     crops_from_photo,
-    home_level,
     level_tile_counts,
     lookalike_boxes_work,
 )
@@ -55,7 +54,7 @@ def test_pyramid_crops_put_large_boxes_on_coarse_levels_and_show_the_whole_photo
         crops_per_box=2, negatives_per_photo=3, lookalike_crops=0, scale_jitter=(1.0, 1.0)
     )
     boxes = np.array([[10, 10, 30, 20], [50, 50, 350, 250]], np.float32)  # a small and a 300-px box
-    assert home_level(boxes[0], prep) == 1.0 and home_level(boxes[1], prep) == 0.25
+    assert home_level(20, prep) == 1.0 and home_level(300, prep) == 0.25
     crops = crops_from_photo(
         rgb, boxes, np.array([0, 1]), np.array([0, 4]), np.zeros((0, 4)), prep, settings, rng
     )

@@ -67,6 +67,11 @@ class DetectorSettings(BaseModel):
         0.5, gt=0, le=1, description="tile-border merge threshold (intersection/smaller)"
     )
     loss_weights: dict[str, float] = Field(default_factory=dict, description="heatmap/size/offset/subtype")
+    home_level_only: bool = Field(
+        False,
+        description="keep a box only from the pyramid level it was trained at (the finest where it fits "
+        "in a tile): one box per defect instead of one per level",
+    )
 
 
 class EarlyStopping(BaseModel):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from cv.prep import home_level
 from datasets.taxonomy import FAMILIES, SUBTYPE_FAMILY, SUBTYPES
 
 # Crop kinds, kept so batches can be balanced and hard negatives counted.
@@ -26,8 +27,6 @@ RANDOM, POSITIVE, LOOKALIKE = 0, 1, 2
 # A crop's family label: 0 absent, 1 present, IGNORE when a box of it is only partly inside the crop
 # or too small to see at the crop's scale (the loss skips it rather than teach either answer).
 IGNORE = 255
-# A box is cropped at the finest pyramid level where its long side fills at most this share of a tile.
-FIT_IN_TILE = 0.8
 CACHE_FORMAT = 2
 # Subtype index -> name, for the detector's subtype head: every subtype of every family, in taxonomy order.
 SUBTYPE_NAMES: tuple[str, ...] = tuple(s for f in FAMILIES for s in SUBTYPES[f])
@@ -178,13 +177,6 @@ def _place_crop(cx: float, cy: float, side: float, w: int, h: int) -> tuple[floa
     return x0, y0, x0 + side, y0 + side
 
 
-def home_level(box: np.ndarray, prep: Any) -> float:
-    """The finest pyramid level at which ``box`` (working px) fits in a tile; the coarsest if none does."""
-    long_side = max(box[2] - box[0], box[3] - box[1])
-    levels = sorted(prep.levels, reverse=True)
-    return next((s for s in levels if long_side * s <= FIT_IN_TILE * prep.tile_size), levels[-1])
-
-
 def level_tile_counts(w: int, h: int, prep: Any) -> dict[float, int]:
     """Tiles per pyramid level of a ``w`` x ``h`` working photo, as :func:`cv.prep.prepare_tiles` cuts."""
     from cv.tiling import tile_grid
@@ -245,6 +237,9 @@ def crops_from_photo(
         )
         return _cut(rgb_work, xyxy, out_size), b, f, sb, labels, kind
 
+    def box_level(box: np.ndarray) -> float:
+        return home_level(max(box[2] - box[0], box[3] - box[1]), prep)
+
     def around(box: np.ndarray, level: float, kind: int):
         s = side(level)
         j = settings.centre_jitter * s
@@ -254,10 +249,10 @@ def crops_from_photo(
     crops = []
     for box in boxes:
         for _ in range(settings.crops_per_box):
-            crops.append(around(box, home_level(box, prep), POSITIVE))
+            crops.append(around(box, box_level(box), POSITIVE))
     for box in lookalikes:
         for _ in range(settings.lookalike_crops):
-            crops.append(around(box, home_level(box, prep), LOOKALIKE))
+            crops.append(around(box, box_level(box), LOOKALIKE))
     for _ in range(settings.negatives_per_photo):
         level = float(rng.choice(levels, p=level_p))
         crops.append(make(rng.uniform(0, w), rng.uniform(0, h), side(level), RANDOM))

@@ -1,0 +1,66 @@
+"""Photo-level detection over the tile pyramid: boxes back in working pixels, one per defect."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from cv.prep import PrepSettings, prepare_tiles
+from models.decode import Detections
+from models.photo import detect_photo
+
+PREP = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0, 0.25))
+
+
+class OneDefectEverywhere:
+    """A detector's answer to every tile: the same 400x200 working-px defect, wherever the tile sees it.
+
+    Stands in for a trained network so the expected boxes are known exactly; everything after the
+    network (level mapping, filtering, merging) is the real code.
+    """
+
+    families = ("stitching", "logo", "label")
+    subtypes = ()
+    bundle = SimpleNamespace(config={"detector": {}})
+    box = np.array([100.0, 100.0, 500.0, 300.0])
+
+    def __init__(self, tiles):
+        self.tiles = list(tiles)
+        self.calls = 0
+
+    def detect(self, batch, score_threshold, top_k):
+        out = []
+        for _ in range(len(batch)):
+            t = self.tiles[self.calls]
+            self.calls += 1
+            x0, y0 = max(self.box[0], t.x), max(self.box[1], t.y)
+            x1, y1 = min(self.box[2], t.x + t.w), min(self.box[3], t.y + t.h)
+            if x1 <= x0 or y1 <= y0:
+                out.append(
+                    Detections(
+                        np.zeros((0, 4), np.float32),
+                        np.zeros(0, np.float32),
+                        np.zeros(0, int),
+                        np.zeros(0, int),
+                    )
+                )
+                continue
+            in_input = (np.array([[x0 - t.x, y0 - t.y, x1 - t.x, y1 - t.y]]) * t.scale).astype(np.float32)
+            score = 0.9 if t.scale < 1 else 0.6
+            out.append(Detections(in_input, np.array([score], np.float32), np.array([1]), np.array([-1])))
+        return out
+
+
+def test_pyramid_detections_come_back_in_working_pixels_once_per_defect():
+    work = np.full((480, 640, 3), 128, np.uint8)
+    _, tiles = prepare_tiles(work, PREP)
+    # Every level answers: the coarse tile sees the whole defect, full-scale tiles see pieces of it.
+    found = detect_photo(work, OneDefectEverywhere(tiles), PREP, home_level_only=False)
+    assert found[0][2] == "logo"
+    np.testing.assert_allclose(found[0][0], OneDefectEverywhere.box, atol=1.0)
+    # Trusting each box only from its home level: pieces too long for a full-scale tile are dropped,
+    # the small ones merge into the whole box found at 0.25, which keeps its score.
+    only = detect_photo(work, OneDefectEverywhere(tiles), PREP, home_level_only=True)
+    assert len(only) == 1 and only[0][1] == np.float32(0.9)
+    np.testing.assert_allclose(only[0][0], OneDefectEverywhere.box, atol=1.0)
