@@ -80,3 +80,28 @@ def test_tracked_run_logs_config_metrics_and_restores_environment(data_dir, tmp_
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/recipe.yaml"]
     assert got.info.artifact_uri.startswith((data_dir / "mlartifacts").resolve().as_uri())
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_two_trainings_starting_together_share_one_fresh_store(data_dir):
+    """Two processes creating the same new SQLite store at once: both get the one experiment."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.time() + 8  # both processes import mlflow first, then race for the store together
+    code = (
+        "import time, sys; from training.tracking import ensure_experiment; import mlflow; "
+        f"time.sleep(max(0, {start} - time.time())); print(ensure_experiment('loupe-race'))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    for p, (_out, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    ids = {out.strip().splitlines()[-1] for out, _ in results}
+    assert len(ids) == 1
+    assert (data_dir / "mlflow.db").exists()

@@ -27,6 +27,29 @@ def tracking_uri() -> str:
     return default_tracking_uri()
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock beside a local SQLite store while it is created or changed in shape.
+
+    Two trainings started together on a fresh machine would otherwise both run MLflow's schema
+    migration on the new ``mlflow.db`` and one fails ("duplicate column"), or both create the
+    experiment. Server stores need no lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_experiment(name: str, uri: str | None = None) -> str:
     """Point MLflow at the store and return the experiment id, creating it with our artifact location."""
     import mlflow
@@ -36,15 +59,16 @@ def ensure_experiment(name: str, uri: str | None = None) -> str:
     uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifact_location = None
-    if local_store or uri == f"sqlite:///{(loupe_data_dir() / 'mlflow.db').resolve()}":
-        root = (loupe_data_dir() / "mlartifacts").resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        artifact_location = root.as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    with store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        artifact_location = None
+        if local_store or uri == f"sqlite:///{(loupe_data_dir() / 'mlflow.db').resolve()}":
+            root = (loupe_data_dir() / "mlartifacts").resolve()
+            root.mkdir(parents=True, exist_ok=True)
+            artifact_location = root.as_uri()
+        return mlflow.create_experiment(name, artifact_location=artifact_location)
 
 
 def git_commit() -> str | None:
