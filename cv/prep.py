@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cv.tiling import Tile, tile_grid
 
@@ -38,6 +38,11 @@ class PrepSettings(BaseModel):
     # to a logo printed 5 cm off: full-scale tiles keep threads visible, coarse levels show a whole
     # label or logo with its surroundings (at 0.25 a 1280-px photo is one tile). (1.0,) = plain tiles.
     levels: tuple[float, ...] = (1.0,)
+
+    @field_validator("levels")
+    @classmethod
+    def _finest_first(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(sorted(levels, reverse=True))  # tiles come full scale first, whatever the YAML order
 
     @model_validator(mode="after")
     def _check(self) -> PrepSettings:
@@ -120,8 +125,7 @@ def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarra
     _check_rgb(rgb)
     h, w = rgb.shape[:2]
     scale = settings.work_long_side / max(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    work = colour_correct(_resize(rgb, size), settings)
+    work = colour_correct(_resize(rgb, level_size(w, h, scale)), settings)
     return work, scale
 
 
@@ -222,10 +226,15 @@ def home_level(long_side_work: float, settings: PrepSettings) -> float:
     return next((s for s in levels if long_side_work * s <= FIT_IN_TILE * settings.tile_size), levels[-1])
 
 
+def level_size(w: int, h: int, scale: float) -> tuple[int, int]:
+    """(width, height) of a ``w`` x ``h`` working photo at pyramid level ``scale``."""
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def pyramid_level(rgb_work: np.ndarray, scale: float) -> np.ndarray:
     """The working photo at one pyramid level (``scale`` 1.0 returns it as it is)."""
     h, w = rgb_work.shape[:2]
-    return _resize(rgb_work, (max(1, round(w * scale)), max(1, round(h * scale))))
+    return _resize(rgb_work, level_size(w, h, scale))
 
 
 def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, list[Tile]]:

@@ -112,6 +112,8 @@ def merge_tile_detections(
     cut by a tile border; the merged box is their union and keeps the highest score.
     ``image_size`` (width, height) tells which tile sides are the photo's border; without it the
     extent of the tiles given is used, so pass it when you leave tiles without detections out.
+    ``edge_tolerance``: how close (in pixels of the tile's pyramid level) a box side must come to a
+    tile border to count as cut by it.
     Returns (boxes xyxy float32 (M, 4), scores float32 (M,), labels int64 (M,)) sorted by score.
     """
     boxes_l, scores_l, labels_l, edges_l = [], [], [], []
@@ -135,7 +137,8 @@ def merge_tile_detections(
         boxes_l.append(shifted)
         scores_l.append(scores)
         labels_l.append(labels)
-        edges_l.append(_inner_edges(tile, image_w, image_h, shifted, edge_tolerance))
+        # A coarse tile's box edges are only as precise as its level's pixels: scale the tolerance.
+        edges_l.append(_inner_edges(tile, image_w, image_h, shifted, edge_tolerance / tile.scale))
     if not boxes_l:
         return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
     boxes = np.concatenate(boxes_l)

@@ -31,6 +31,17 @@ class PhotoScores:
     def as_dict(self) -> dict[str, float]:
         return {f: float(self.raw[i]) for i, f in enumerate(self.families)}
 
+    def evidence_tile(self, family: str, calibration: dict | None, threshold: float) -> Any:
+        """The tile to show for a flagged family: of the tiles whose calibrated score reaches
+        ``threshold``, the strongest at the finest pyramid level (a seam, not the whole photo's
+        quarter-scale view); the strongest tile when none reaches it."""
+        k = self.families.index(family)
+        probs = apply_platt(self.tile_scores[:, k], (calibration or {}).get(family))
+        passing = [i for i in range(len(self.tiles)) if probs[i] >= threshold]
+        if not passing:
+            return self.tiles[self.best_tile[family]]
+        return self.tiles[max(passing, key=lambda i: (self.tiles[i].scale, probs[i]))]
+
 
 def _batched(batch: np.ndarray, fn, size: int = TILE_BATCH) -> list:
     return [fn(batch[i : i + size]) for i in range(0, len(batch), size)]
@@ -149,7 +160,8 @@ def detect_photo(
         per_tile.append((grid[i], boxes, d.scores, d.labels))
         for label, score, sub in zip(d.labels, d.scores, d.subtypes, strict=True):
             best_subtype.setdefault((int(label), float(np.float32(score))), int(sub))
-    boxes, scores, labels = merge_tile_detections(per_tile, merge_iou)
+    h, w = rgb_work.shape[:2]
+    boxes, scores, labels = merge_tile_detections(per_tile, merge_iou, image_size=(w, h))
     families = list(detector_predictor.families)
     subtypes = list(getattr(detector_predictor, "subtypes", []) or [])
     out = []

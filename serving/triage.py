@@ -124,6 +124,7 @@ class Triage:
 
     def photo(self, source: str | Path | bytes, name: str | None = None) -> PhotoResult:
         """Triage one photo. Raises :class:`cv.errors.PhotoError` for an unreadable file."""
+        from cv.decode import decode_photo
         from cv.prep import working_photo
         from cv.quality import assess_photo
         from models.photo import calibrate_scores, detect_photo, score_photo
@@ -131,7 +132,19 @@ class Triage:
         # One reduced decode, the same one training cut its crops from, serves the gate and the models.
         wp = working_photo(source, self.prep, max_pixels=self.quality_config.max_pixels, name=name)
         photo, work, to_photo = wp.photo, wp.rgb_work, wp.to_photo  # to_photo: working -> upright px
-        report = assess_photo(photo, self.quality_config)
+        gate_photo = photo
+        if (
+            max(photo.rgb.shape[:2])
+            < self.quality_config.analysis_long_side
+            < max(photo.original_width, photo.original_height)
+        ):
+            # A model working below the gate's scale: the gate gets its own decode rather than an
+            # enlarged one (enlarging would read as blur).
+            gate_photo = decode_photo(
+                source, min_long_side=self.quality_config.analysis_long_side,
+                max_pixels=self.quality_config.max_pixels, name=name,
+            )  # fmt: skip
+        report = assess_photo(gate_photo, self.quality_config)
 
         raw = score_photo(work, self.classifier, self.prep)
         scores = calibrate_scores(raw, self.classifier.bundle.calibration)
@@ -149,9 +162,9 @@ class Triage:
                     findings.append(Finding(family, subtype, score, _scale_box(box, to_photo, photo)))
         for family in suspect:
             if not any(f.family == family for f in findings):
-                # No box from the detector: the classifier's strongest tile is still seam-level evidence.
-                tile = raw.tiles[raw.best_tile[family]]
-                box = (tile.x, tile.y, tile.x + tile.w, tile.y + tile.h)
+                # No box from the detector: the classifier's tile is still seam-level evidence.
+                tile = raw.evidence_tile(family, self.classifier.bundle.calibration, review[family])
+                box = tile.xyxy
                 findings.append(Finding(family, None, scores[family], _scale_box(box, to_photo, photo)))
         findings.sort(key=lambda f: -f.score)
         return PhotoResult(

@@ -113,6 +113,8 @@ def test_pyramid_levels_add_coarse_tiles_that_map_boxes_back_to_working_pixels()
     np.testing.assert_allclose(batch[i], expected, atol=1e-5)
     with pytest.raises(ValueError, match="levels"):
         PrepSettings(levels=(1.0, 2.0))
+    # Whatever the YAML order, tiles come finest level first.
+    assert PrepSettings(levels=(0.25, 1.0, 0.5)).levels == (1.0, 0.5, 0.25)
 
 
 def test_small_photo_is_padded_into_one_tile():

@@ -102,3 +102,18 @@ def test_empty_input_gives_empty_arrays():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="one score and one label per box"):
         merge_tile_detections([(Tile(0, 0, 10, 10), np.zeros((2, 4)), np.zeros(1), [1, 1])])
+
+
+def test_pieces_cut_by_a_coarse_tile_border_merge_within_that_levels_precision():
+    # Quarter-scale tiles: 320-px tiles cover 1280 working px; one level pixel is 4 working px, so a
+    # piece ending 6 working px short of the border (1.5 level px) is still cut by it.
+    a, b = Tile(0, 0, 1280, 1280, scale=0.25), Tile(1088, 0, 1280, 1280, scale=0.25)
+    left = (a, np.array([[900.0, 400.0, 1274.0, 480.0]]), np.array([0.9]), [0])
+    right = (b, np.array([[6.0, 402.0, 412.0, 478.0]]), np.array([0.8]), [0])  # 1094..1500 working px
+    boxes, _, _ = merge_tile_detections([left, right], 0.7, image_size=(2368, 1280))
+    assert len(boxes) == 1
+    np.testing.assert_allclose(boxes[0], [900, 400, 1500, 480])
+    # The same pieces from full-scale tiles (1 working px per level px) are two defects.
+    a1, b1 = Tile(0, 0, 1280, 1280), Tile(1088, 0, 1280, 1280)
+    boxes, _, _ = merge_tile_detections([(a1, *left[1:]), (b1, *right[1:])], 0.7, image_size=(2368, 1280))
+    assert len(boxes) == 2

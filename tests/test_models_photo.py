@@ -64,3 +64,26 @@ def test_pyramid_detections_come_back_in_working_pixels_once_per_defect():
     only = detect_photo(work, OneDefectEverywhere(tiles), PREP, home_level_only=True)
     assert len(only) == 1 and only[0][1] == np.float32(0.9)
     np.testing.assert_allclose(only[0][0], OneDefectEverywhere.box, atol=1.0)
+
+
+def test_evidence_for_a_flag_is_the_finest_tile_that_reaches_the_threshold():
+    from cv.tiling import Tile
+    from models.photo import PhotoScores
+
+    tiles = [Tile(0, 0, 160, 160), Tile(144, 0, 160, 160), Tile(0, 0, 640, 480, scale=0.25)]
+    # Logo: the whole-photo tile is strongest, but a full-scale tile also passes the threshold.
+    tile_scores = np.array([[0.1, 0.2, 0.0], [0.2, 0.7, 0.0], [0.3, 0.9, 0.6]], np.float32)
+    scores = PhotoScores(
+        families=("stitching", "logo", "label"),
+        raw=tile_scores.max(axis=0),
+        tile_scores=tile_scores,
+        best_tile={"stitching": 2, "logo": 2, "label": 2},
+        tiles=tiles,
+    )
+    assert scores.evidence_tile("logo", None, 0.5) == tiles[1]
+    # Calibration moves the bar: with these Platt parameters 0.7 maps below 0.5 and only the
+    # coarse tile passes.
+    calibration = {"logo": {"a": 1.0, "b": -1.0}}
+    assert scores.evidence_tile("logo", calibration, 0.5) == tiles[2]
+    # Nothing reaches the threshold: the strongest tile.
+    assert scores.evidence_tile("label", None, 0.9) == tiles[2]

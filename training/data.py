@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,12 +181,10 @@ def _place_crop(cx: float, cy: float, side: float, w: int, h: int) -> tuple[floa
 
 def level_tile_counts(w: int, h: int, prep: Any) -> dict[float, int]:
     """Tiles per pyramid level of a ``w`` x ``h`` working photo, as :func:`cv.prep.prepare_tiles` cuts."""
+    from cv.prep import level_size
     from cv.tiling import tile_grid
 
-    return {
-        s: len(tile_grid(max(1, round(w * s)), max(1, round(h * s)), prep.tile_size, prep.tile_overlap))
-        for s in prep.levels
-    }
+    return {s: len(tile_grid(*level_size(w, h, s), prep.tile_size, prep.tile_overlap)) for s in prep.levels}
 
 
 def _cut(rgb: np.ndarray, crop_xyxy: tuple[float, float, float, float], out_size: int) -> np.ndarray:
@@ -316,11 +316,22 @@ def build_tile_cache(
 
 
 def _write_cache(folder: Path, items: list, meta: dict) -> TileCache:
-    import os
-
     # One staging folder per process: two trainings (classifier and detector) may cut the same cache at once.
     tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_staging(tmp, items, meta)
+    except BaseException:  # an interrupted build must not leave gigabytes of crops behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.rename(folder)
+    except OSError:  # a concurrent build finished first; theirs is as good as ours
+        shutil.rmtree(tmp)
+    return load_tile_cache(folder)
+
+
+def _write_staging(tmp: Path, items: list, meta: dict) -> None:
     crops = np.stack([it[0] for it in items])
     np.save(tmp / "crops.npy", crops)
     offsets = np.cumsum([0] + [len(it[1]) for it in items])
@@ -335,13 +346,6 @@ def _write_cache(folder: Path, items: list, meta: dict) -> TileCache:
         offsets=offsets,
     )
     (tmp / "meta.json").write_text(json.dumps({**meta, "crops": len(items)}, indent=1), encoding="utf-8")
-    try:
-        tmp.rename(folder)
-    except OSError:  # a concurrent build finished first; theirs is as good as ours
-        import shutil
-
-        shutil.rmtree(tmp)
-    return load_tile_cache(folder)
 
 
 def load_tile_cache(folder: Path) -> TileCache:
