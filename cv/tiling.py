@@ -78,16 +78,24 @@ def _overlap_1d(a0: float, a1: float, b0: float, b1: float) -> float:
     return inter / shorter if shorter > 0 else 0.0
 
 
-def _should_merge(a: np.ndarray, ea: np.ndarray, b: np.ndarray, eb: np.ndarray, thr: float) -> bool:
+def _match(a: np.ndarray, ea: np.ndarray, b: np.ndarray, eb: np.ndarray, thr: float) -> str | None:
+    """How box ``b`` (weaker) relates to ``a``: "union" (pieces of one defect), "drop" (a duplicate
+    of ``a``) or None (another defect)."""
     ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
     ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
     inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
     if inter <= 0:
-        return False
+        return None
     area_a = (a[2] - a[0]) * (a[3] - a[1])
     area_b = (b[2] - b[0]) * (b[3] - b[1])
     if inter / max(min(area_a, area_b), 1e-9) >= thr:
-        return True
+        # Only a piece cut by a tile border extends the box; an uncut weaker box over it is a
+        # duplicate, and growing the union with it would smear a good box over its weak neighbours.
+        return "union" if ea.any() or eb.any() else "drop"
+    return "union" if _cut_pieces(a, ea, b, eb, thr) else None
+
+
+def _cut_pieces(a: np.ndarray, ea: np.ndarray, b: np.ndarray, eb: np.ndarray, thr: float) -> bool:
     # One defect cut by a vertical tile border: a piece cut on its right meets a piece cut on its
     # left, and the two line up vertically (and likewise for horizontal borders).
     cut_lr = (ea[2] and eb[0]) or (ea[0] and eb[2])
@@ -107,9 +115,11 @@ def merge_tile_detections(
     """Shift per-tile boxes into image pixels and merge duplicates across tile borders.
 
     ``per_tile``: (tile, boxes xyxy in tile pixels (N, 4), scores (N,), labels (N,)) per tile.
-    Boxes of the same label are merged greedily from the highest score down when their
-    intersection-over-smaller reaches ``iou_threshold``, or when they are two pieces of one box
-    cut by a tile border; the merged box is their union and keeps the highest score.
+    Boxes of the same label are merged greedily from the highest score down: pieces of one box cut
+    by a tile border (overlapping by ``iou_threshold`` intersection-over-smaller, or lining up
+    across the border) become their union; a weaker uncut box over a stronger one is a duplicate
+    and is dropped (NMS-style), so weak neighbours cannot smear a good box. A merged box keeps the
+    highest score.
     ``image_size`` (width, height) tells which tile sides are the photo's border; without it the
     extent of the tiles given is used, so pass it when you leave tiles without detections out.
     ``edge_tolerance``: how close (in pixels of the tile's pyramid level) a box side must come to a
@@ -159,13 +169,15 @@ def merge_tile_detections(
             for a in range(len(groups)):
                 for b in range(len(groups) - 1, a, -1):
                     ga, gb = groups[a], groups[b]
-                    if _should_merge(ga[0], ga[1], gb[0], gb[1], iou_threshold):
+                    how = _match(ga[0], ga[1], gb[0], gb[1], iou_threshold)
+                    if how == "union":
                         ga[0] = np.concatenate(
                             [np.minimum(ga[0][:2], gb[0][:2]), np.maximum(ga[0][2:], gb[0][2:])]
                         )
                         # The union is cut on a side only where both pieces were cut on it.
                         ga[1] = ga[1] & gb[1]
                         ga[2] = max(ga[2], gb[2])
+                    if how is not None:
                         del groups[b]
                         merged = True
         for box, _, score in groups:

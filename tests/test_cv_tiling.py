@@ -117,3 +117,14 @@ def test_pieces_cut_by_a_coarse_tile_border_merge_within_that_levels_precision()
     a1, b1 = Tile(0, 0, 1280, 1280), Tile(1088, 0, 1280, 1280)
     boxes, _, _ = merge_tile_detections([(a1, *left[1:]), (b1, *right[1:])], 0.7, image_size=(2368, 1280))
     assert len(boxes) == 2
+
+
+def test_a_weak_uncut_box_over_a_strong_one_is_dropped_not_unioned():
+    tile = Tile(0, 0, 320, 320)
+    strong = np.array([[100.0, 100.0, 160.0, 140.0]])
+    weak = np.array([[80.0, 60.0, 260.0, 200.0]])  # holds the strong box: intersection-over-smaller 1
+    boxes, scores, _ = merge_tile_detections(
+        [(tile, np.concatenate([strong, weak]), np.array([0.9, 0.2]), [0, 0])], 0.5, image_size=(320, 320)
+    )
+    assert len(boxes) == 1 and scores[0] == pytest.approx(0.9)
+    np.testing.assert_allclose(boxes[0], strong[0])
