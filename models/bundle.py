@@ -118,9 +118,17 @@ class ModelBundle(BaseModel):
 
     @property
     def onnx_path(self) -> Path | None:
-        """``model.onnx`` if the bundle has one."""
+        """``model.onnx`` if the bundle has one exported from its current weights.
+
+        An export older than ``weights.pt`` is stale (new weights pulled or copied in since) and is
+        ignored, so it is exported again rather than serving the old model under the new name."""
         path = self.folder / ONNX_FILE
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        weights = self.folder / WEIGHTS_FILE
+        if weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime:
+            return None
+        return path
 
     @property
     def input_size(self) -> int | None:

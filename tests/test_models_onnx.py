@@ -95,6 +95,25 @@ def test_onnx_predictor_exports_when_the_bundle_has_no_onnx(tmp_path):
     assert predictor.run(tiles(2)).shape == (2, 3)
 
 
+def test_an_export_older_than_the_weights_is_not_served(tmp_path):
+    import os
+
+    folder = saved(tmp_path / "c", "classifier")
+    export_onnx(folder)
+    old = load_predictor(folder, backend="onnx", threads=1).run(tiles(2))
+    # New weights arrive (a pulled default, a copied bundle): the old export must not answer for them.
+    model = build_model("tile_classifier", pretrained="imagenet")
+    with torch.no_grad():
+        model.net.classifier.bias.fill_(3.0)
+    torch.save(model.state_dict(), folder / "weights.pt")
+    onnx_time = (folder / "model.onnx").stat().st_mtime
+    os.utime(folder / "weights.pt", (onnx_time + 10, onnx_time + 10))
+    new = load_predictor(folder, backend="onnx", threads=1).run(tiles(2))
+    want = load_predictor(folder, backend="torch", threads=1).run(tiles(2))
+    np.testing.assert_allclose(new, want, atol=PROB_ATOL)
+    assert np.abs(new - old).max() > 0.1
+
+
 def test_serving_with_onnx_needs_no_torch(bundles):
     code = (
         "import sys, numpy as np; from models.predictor import load_predictor; "
