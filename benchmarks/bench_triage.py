@@ -62,7 +62,8 @@ def main() -> None:
     tiles = len(score_photo(works[0], load_predictor(refs["classifier"], "onnx", "cpu", 1), prep).tiles)
     decode, gate = statistics.median(decode_ms), statistics.median(gate_ms)
     print(f"decode to working scale {decode:7.1f} ms/photo   quality gate {gate:6.1f} ms/photo")
-    print(f"({tiles} tiles on a 4:3 photo)\n")
+    h, w = works[0].shape[:2]
+    print(f"({tiles} tiles on the first photo, {w}x{h} at working scale)\n")
 
     print(f"{'model':<11}{'backend':<9}{'threads':>8}{'ms/photo':>10}{'vs torch':>10}")
     for task, run in (("classifier", score_photo), ("detector", detect_photo)):

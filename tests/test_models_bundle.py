@@ -77,7 +77,8 @@ def test_detector_round_trip(tmp_path):
         want, got = model.eval()(x), rebuilt(x)
     assert set(got) == {"heatmap", "size", "offset", "subtype"}
     for key in want:
-        assert torch.equal(got[key], want[key]), key
+        # The rebuilt module runs channels-last (faster on CPU): same weights, another summation order.
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-4, msg=key)
 
 
 def test_half_precision_weights_are_half_the_size_and_close(tmp_path, saved_classifier):

@@ -182,3 +182,24 @@ def test_predict_with_a_missing_model_names_it(tmp_path):
     proc = run_loupe("predict", str(tmp_path / "a.jpg"), "--model", str(tmp_path / "nope"), "--workers", "1")
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "not found" in proc.stderr
+
+
+def test_demo_triages_a_generated_po_with_the_shipped_default_and_checks_it_against_the_truth(tmp_path):
+    import re
+
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "loupe", "demo", "--photos", "6", "--out", str(out), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(r["model"] == "loupe-classifier@2+loupe-detector@2" for r in lines)
+    counts = re.findall(
+        r"(defective|good) photos\s+(\d+): (\d+) defect, (\d+) review, (\d+) pass", done.stdout
+    )
+    assert len(counts) == 2
+    assert sum(int(c[1]) for c in counts) == 6
+    assert all(int(c[1]) == int(c[2]) + int(c[3]) + int(c[4]) for c in counts)

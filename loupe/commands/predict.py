@@ -140,7 +140,8 @@ def demo(
 ) -> None:
     """The main job: generate a demo PO, draw its contact sheet, triage it with the default model.
 
-    Prints per-photo results and a PO summary; writes results.jsonl, summary.json and annotated photos.
+    Prints per-photo results, a PO summary and the verdicts against the PO's ground truth; writes
+    results.jsonl, summary.json and annotated photos.
 
     Example: loupe demo --photos 60
     """
@@ -166,4 +167,27 @@ def demo(
     summary = summarise_po(results, families)
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     _print_summary(summary)
+    _print_against_truth(out, results, tuple(families))
     typer.echo(f"\nresults: {out / 'results.jsonl'}  annotated photos: {out / 'annotated'}")
+
+
+def _print_against_truth(out: Path, results: list, families: tuple[str, ...]) -> None:
+    """The demo PO carries exact ground truth: show what triage caught and what it sent to a person
+    needlessly, so the demo is honest about the model rather than only showing its output."""
+    from collections import Counter
+
+    from datasets.coco import annotations_by_image
+    from datasets.reader import read_dataset
+    from training.evaluate import photo_labels
+
+    coco = read_dataset(out).coco
+    anns = annotations_by_image(coco)
+    defective = {
+        Path(im["file_name"]).name: bool(photo_labels(im, anns.get(im["id"], []), families).any())
+        for im in coco["images"]
+    }
+    typer.echo("\nagainst the generator's ground truth:")
+    for truth, name in ((True, "defective photos"), (False, "good photos")):
+        verdicts = Counter(r.verdict for r in results if defective.get(Path(r.photo).name) is truth)
+        parts = ", ".join(f"{verdicts.get(v, 0)} {v}" for v in ("defect", "review", "pass"))
+        typer.echo(f"  {name:<17}{sum(verdicts.values()):>4}: {parts}")
