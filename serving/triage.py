@@ -163,7 +163,7 @@ class Triage:
         for family in suspect:
             if not any(f.family == family for f in findings):
                 # No box from the detector: the classifier's tile is still seam-level evidence.
-                tile = raw.evidence_tile(family, self.classifier.bundle.calibration, review[family])
+                tile = raw.evidence_tile(family, self.classifier.bundle.calibration, review.get(family, 0.5))
                 box = tile.xyxy
                 findings.append(Finding(family, None, scores[family], _scale_box(box, to_photo, photo)))
         findings.sort(key=lambda f: -f.score)
