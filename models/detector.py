@@ -160,6 +160,8 @@ def encode_targets(
     stride: int = 8,
     num_classes: int = 3,
     min_overlap: float = 0.7,
+    ignore_boxes: Sequence[np.ndarray | Sequence[Sequence[float]]] | None = None,
+    ignore_labels: Sequence[np.ndarray | Sequence[int]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """CenterNet targets for a batch of tiles.
 
@@ -167,7 +169,9 @@ def encode_targets(
     (``CATEGORY_IDS[family] - 1``), ``subtypes`` (K,) subtype indices or -1 (unknown). Boxes are
     clipped to the input; empty ones are dropped. Returns float32 ``heatmap`` (N, C, H, W), ``size``
     and ``offset`` (N, 2, H, W), ``reg_mask`` (N, 1, H, W) (1 at box centres) and int64 ``subtype``
-    (N, H, W) (-1 where there is nothing to learn).
+    (N, H, W) (-1 where there is nothing to learn); with ``ignore_boxes``/``ignore_labels`` (defects
+    cut by the tile or too small there) also ``ignore`` (N, C, H, W): 1 on the cells those boxes
+    cover in their family's map, where the heatmap loss teaches neither defect nor background.
     """
     if len(boxes_xyxy) != len(labels) or (subtypes is not None and len(subtypes) != len(labels)):
         raise ValueError(
@@ -182,7 +186,17 @@ def encode_targets(
     offset = np.zeros((n, 2, h, w), np.float32)
     reg_mask = np.zeros((n, 1, h, w), np.float32)
     subtype = np.full((n, h, w), -1, np.int64)
+    ignore = np.zeros((n, num_classes, h, w), np.float32) if ignore_boxes is not None else None
     for i in range(n):
+        if ignore is not None:
+            ib = np.asarray(ignore_boxes[i], np.float64).reshape(-1, 4)
+            ic = np.asarray(ignore_labels[i] if ignore_labels is not None else [], np.int64).reshape(-1)
+            if len(ib) != len(ic):
+                raise ValueError(f"image {i}: {len(ib)} ignored boxes but {len(ic)} ignored labels")
+            for (x1, y1, x2, y2), c in zip(ib, ic, strict=True):
+                cx0, cy0 = max(0, int(x1 // stride)), max(0, int(y1 // stride))
+                cx1, cy1 = min(w, math.ceil(x2 / stride)), min(h, math.ceil(y2 / stride))
+                ignore[i, c, cy0:cy1, cx0:cx1] = 1.0
         boxes = np.asarray(boxes_xyxy[i], np.float64).reshape(-1, 4)
         cls = np.asarray(labels[i], np.int64).reshape(-1)
         sub = (
@@ -213,25 +227,38 @@ def encode_targets(
             offset[i, :, iy, ix] = (cx - ix, cy - iy)
             reg_mask[i, 0, iy, ix] = 1.0
             subtype[i, iy, ix] = s
-    return {
+    out = {
         "heatmap": torch.from_numpy(heatmap),
         "size": torch.from_numpy(size),
         "offset": torch.from_numpy(offset),
         "reg_mask": torch.from_numpy(reg_mask),
         "subtype": torch.from_numpy(subtype),
     }
+    if ignore is not None:
+        out["ignore"] = torch.from_numpy(ignore)
+    return out
 
 
 def focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 2.0,
+    beta: float = 4.0,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss on heatmap logits, normalised by the number of centres."""
+    """CenterNet's penalty-reduced focal loss on heatmap logits, normalised by the number of centres.
+
+    ``ignore`` (same shape, 1 = ignore) drops the background term there: a cut or barely visible defect
+    is not taught as background (a centre inside it still counts as a centre).
+    """
     logits = logits.float()
     p = torch.sigmoid(logits)
     pos = target.eq(1.0).float()
     # logsigmoid is stable where log(sigmoid(x)) would give -inf.
     pos_loss = F.logsigmoid(logits) * (1 - p).pow(alpha) * pos
     neg_loss = F.logsigmoid(-logits) * p.pow(alpha) * (1 - target).pow(beta) * (1 - pos)
+    if ignore is not None:
+        neg_loss = neg_loss * (1 - ignore)
     return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1.0)
 
 
@@ -255,7 +282,11 @@ def detector_loss(
     mask = targets["reg_mask"].to(device)
     n_centres = mask.sum().clamp(min=1.0)
     parts = {
-        "heatmap": focal_loss(outputs["heatmap"], targets["heatmap"].to(device)),
+        "heatmap": focal_loss(
+            outputs["heatmap"],
+            targets["heatmap"].to(device),
+            ignore=targets["ignore"].to(device) if "ignore" in targets else None,
+        ),
         "size": (F.l1_loss(outputs["size"], targets["size"].to(device), reduction="none") * mask).sum()
         / n_centres,
         "offset": (F.l1_loss(outputs["offset"], targets["offset"].to(device), reduction="none") * mask).sum()

@@ -152,3 +152,26 @@ def test_loss_with_no_boxes_is_finite_and_checks_shapes():
     assert torch.isfinite(total) and parts["size"] == 0.0
     with pytest.raises(ValueError, match="stride"):
         detector_loss(outputs, encode_targets([np.zeros((0, 4))], [[]], input_size=64, stride=4))
+
+
+def test_ignored_boxes_are_neither_background_nor_centres_in_the_heatmap_loss():
+    # A crop-cut seam on family 0 at the right edge: a detector that fires there is not punished.
+    cut = np.array([[300.0, 100.0, 320.0, 140.0]])
+    plain = encode_targets([BOXES[:1]], [[0]], input_size=320, stride=8)
+    masked = encode_targets(
+        [BOXES[:1]], [[0]], input_size=320, stride=8, ignore_boxes=[cut], ignore_labels=[[0]]
+    )
+    ignore = masked["ignore"][0]
+    assert ignore.shape == (3, 40, 40) and int(masked["reg_mask"].sum()) == 1
+    assert float(ignore[0, 12:18, 37:40].min()) == 1.0 and float(ignore.sum()) == 6 * 3
+    assert float(ignore[1:].sum()) == 0.0  # other families still learn background there
+    outputs = perfect_outputs(plain)
+    fired = {**outputs, "heatmap": outputs["heatmap"].clone()}
+    fired["heatmap"][0, 0, 12:18, 37:40] = 4.0
+    clean, _ = detector_loss(outputs, plain)
+    punished, _ = detector_loss(fired, plain)
+    forgiven, _ = detector_loss(fired, masked)
+    assert float(punished) > float(clean) + 1.0
+    assert float(forgiven) == pytest.approx(float(clean), abs=1e-4)
+    with pytest.raises(ValueError, match="ignored labels"):
+        encode_targets([BOXES[:1]], [[0]], input_size=320, ignore_boxes=[cut], ignore_labels=[[]])

@@ -79,6 +79,11 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     # the trained bundle. Batch losses per epoch are too noisy on 4 steps to compare.
     cache = load_tile_cache(result.train_cache_dir)
     labels = cache.labels.astype(bool)
+    # the cache round-trips the boxes each crop ignores, inside the crop, one family each
+    assert len(cache.ignore_boxes) == len(cache.ignore_families) == len(cache)
+    ignored = np.concatenate(cache.ignore_boxes)
+    assert len(ignored) == sum(len(f) for f in cache.ignore_families)
+    assert ignored.min(initial=0) >= 0 and ignored.max(initial=0) <= config.prep.input_size
 
     def bce(model) -> float:
         p = np.clip(crop_scores(model, cache, config.prep, torch.device("cpu")), 1e-6, 1 - 1e-6)

@@ -26,14 +26,18 @@ def test_box_counts_for_a_crop_when_half_of_it_is_inside():
     fams = np.array([0, 1, 2])
     subs = np.array([1, -1, 12])
     # crop 0..100 seen at 50 px: box 0 is half inside (counts), box 1 fully inside, box 2 covers the crop
-    b, f, s, labels = crop_targets(boxes, fams, subs, (0, 0, 100, 100), 50, 0.5)
-    assert labels.tolist() == [1, 1, 1]
+    b, f, s, labels, ib, if_ = crop_targets(boxes, fams, subs, (0, 0, 100, 100), 50, 0.5)
+    assert labels.tolist() == [1, 1, 1] and len(ib) == 0 and len(if_) == 0
     assert np.allclose(b[0], [45, 5, 50, 15]) and np.allclose(b[1], [30, 30, 50, 50])
     assert s.tolist() == [1, -1, 12]
     # box 0 only 40 % inside: dropped and its family ignored on this crop (neither defect nor good);
     # the carton-sized box 2 still counts (it fills the crop)
-    b, f, s, labels = crop_targets(boxes[[0, 2]], fams[[0, 2]], subs[[0, 2]], (0, 0, 98, 98), 98, 0.5)
+    b, f, s, labels, ib, if_ = crop_targets(
+        boxes[[0, 2]], fams[[0, 2]], subs[[0, 2]], (0, 0, 98, 98), 98, 0.5
+    )
     assert labels.tolist() == [IGNORE, 0, 1] and f.tolist() == [2]
+    # the cut box is handed back, clipped to the crop, so the detector can leave it out of its loss
+    assert if_.tolist() == [0] and np.allclose(ib, [[90, 10, 98, 30]])
 
 
 def test_box_too_small_at_the_crop_scale_is_ignored_not_taught():
@@ -42,8 +46,24 @@ def test_box_too_small_at_the_crop_scale_is_ignored_not_taught():
     # a 100-px crop seen at 50 px: 10 px in the input, visible
     assert crop_targets(boxes, fams, subs, (0, 0, 100, 100), 50, 0.5, min_box_px=6)[3].tolist() == [1, 0, 0]
     # a 400-px (coarse) crop seen at 50 px: 2.5 px, too small to see there
-    b, _, _, labels = crop_targets(boxes, fams, subs, (0, 0, 400, 400), 50, 0.5, min_box_px=6)
-    assert labels.tolist() == [IGNORE, 0, 0] and len(b) == 0
+    b, _, _, labels, ib, _ = crop_targets(boxes, fams, subs, (0, 0, 400, 400), 50, 0.5, min_box_px=6)
+    assert labels.tolist() == [IGNORE, 0, 0] and len(b) == 0 and np.allclose(ib, [[5, 5, 7.5, 6.25]])
+
+
+def test_tiny_box_is_taught_on_finest_level_crops_and_ignored_on_coarser_ones():
+    # 8x4 px at working scale: 4 px long in a 64-px crop of a 100-px tile, under min_box_px 6. The
+    # finest level is the best view inference ever gets, so there it must still be learnt.
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)
+    prep = PrepSettings(work_long_side=400, tile_size=100, tile_overlap=10, input_size=64, levels=(1.0, 0.5))
+    settings = CacheSettings(crops_per_box=4, negatives_per_photo=40, lookalike_crops=0, min_box_px=6)
+    boxes = np.array([[200, 150, 208, 154]], np.float32)
+    crops = crops_from_photo(rgb, boxes, np.array([0]), np.array([0]), np.zeros((0, 4)), prep, settings, rng)
+    positives = [c for c in crops if c[5] == POSITIVE]
+    assert positives and all(c[4][0] == 1 and len(c[1]) == 1 for c in positives)
+    # random crops at level 0.5 (200-px side) that touch the box show it at ~2.5 px: ignored, kept aside
+    coarse = [c for c in crops if c[5] == RANDOM and len(c[6]) and not len(c[1])]
+    assert coarse and all(c[4][0] == IGNORE and c[7].tolist() == [0] for c in coarse)
 
 
 def test_pyramid_crops_put_large_boxes_on_coarse_levels_and_show_the_whole_photo():
@@ -84,7 +104,7 @@ def test_crops_around_every_box_with_scale_jitter_and_negatives():
     kinds = [c[5] for c in crops]
     assert kinds.count(POSITIVE) == 3 and kinds.count(RANDOM) == 4
     assert all(c[0].shape == (64, 64, 3) and c[0].dtype == np.uint8 for c in crops)
-    for _crop, b, _f, _s, labels, kind in crops:
+    for _crop, b, _f, _s, labels, kind, _ib, _if in crops:
         if kind == POSITIVE:  # the box (20×10 px at working scale) is seen whole at 64/(100·s) px per px
             assert labels[0] == 1 and len(b) == 1
             w = b[0, 2] - b[0, 0]
@@ -129,3 +149,22 @@ def test_batches_hold_the_positive_fraction_and_balance_families():
     # hard negatives are about a third of the negatives although they are a tenth of them
     hard = (cache.kinds[idx] == LOOKALIKE) & ~has_defect
     assert 0.28 < hard.sum() / (~has_defect).sum() < 0.39
+
+
+def test_augmentation_moves_ignored_boxes_with_the_crop(tmp_path):
+    import yaml
+
+    from datasets.augment import build_augment
+    from training.data import augment_crop
+
+    path = tmp_path / "flip.yaml"
+    path.write_text(yaml.safe_dump({"transforms": [{"name": "HorizontalFlip", "params": {"p": 1.0}}]}))
+    pipeline = build_augment(path)
+    crop = np.zeros((64, 64, 3), np.uint8)
+    boxes, fams, subs = np.array([[4, 4, 20, 12]], np.float32), np.array([0]), np.array([2])
+    ignored, ignored_fams = np.array([[0, 30, 10, 40]], np.float32), np.array([2])
+    _, b, f, s, labels, ib, if_ = augment_crop(pipeline, crop, boxes, fams, subs, 0.5, ignored, ignored_fams)
+    assert np.allclose(b, [[44, 4, 60, 12]]) and f.tolist() == [0] and s.tolist() == [2]
+    assert np.allclose(ib, [[54, 30, 64, 40]]) and if_.tolist() == [2]
+    # the family of an ignored box stays ignored; a counted box keeps its family present
+    assert labels.tolist() == [1, 0, IGNORE]

@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -29,7 +29,7 @@ RANDOM, POSITIVE, LOOKALIKE = 0, 1, 2
 # A crop's family label: 0 absent, 1 present, IGNORE when a box of it is only partly inside the crop
 # or too small to see at the crop's scale (the loss skips it rather than teach either answer).
 IGNORE = 255
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: crops keep the boxes they ignore, so the detector does not learn them as background
 # Subtype index -> name, for the detector's subtype head: every subtype of every family, in taxonomy order.
 SUBTYPE_NAMES: tuple[str, ...] = tuple(s for f in FAMILIES for s in SUBTYPES[f])
 SUBTYPE_INDEX: dict[str, int] = {s: i for i, s in enumerate(SUBTYPE_NAMES)}
@@ -49,6 +49,10 @@ class TileCache:
     boxes: list[np.ndarray]  # per crop (K, 4) xyxy float32 in crop (input) pixels
     box_families: list[np.ndarray]  # per crop (K,) family index
     box_subtypes: list[np.ndarray]  # per crop (K,) index into SUBTYPE_NAMES, -1 unknown
+    # per crop (J, 4) / (J,): boxes that touch the crop but do not count (cut, or too small there);
+    # neither defect nor background for the detector. None: a cache without them (all empty).
+    ignore_boxes: list[np.ndarray] | None = None
+    ignore_families: list[np.ndarray] | None = None
     folder: Path | None = None
 
     def __len__(self) -> int:
@@ -137,19 +141,21 @@ def crop_targets(
     out_size: int,
     min_visible: float,
     min_box_px: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boxes seen by a crop (clipped, in ``out_size`` crop pixels) and the crop's family labels.
 
     A box counts when ≥ ``min_visible`` of its area is inside the crop, or when its visible part
     covers ≥ ``min_visible`` of the crop (a defect larger than a tile, e.g. a missing label on a carton),
     and its long side is ≥ ``min_box_px`` crop pixels. A box that touches the crop but does not count
-    makes its family IGNORE on this crop (unless another box of the family counts).
+    makes its family IGNORE on this crop (unless another box of the family counts), and is returned
+    among the ignored boxes. Returns boxes, families, subtypes, labels, ignored boxes, their families.
     """
     x0, y0, x1, y1 = crop_xyxy
     side = x1 - x0
     labels = np.zeros(len(FAMILIES), np.uint8)
     if len(boxes) == 0:
-        return np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), labels
+        none4, none = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+        return none4, none, none, labels, none4, none
     clipped = np.stack(
         [
             boxes[:, 0].clip(x0, x1),
@@ -165,10 +171,11 @@ def crop_targets(
     keep &= vis > 0
     long_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * (out_size / side)
     keep &= long_side >= min_box_px
-    labels[np.unique(fams[(vis > 0) & ~keep])] = IGNORE
+    ignored = (vis > 0) & ~keep
+    labels[np.unique(fams[ignored])] = IGNORE
     labels[np.unique(fams[keep])] = 1
-    k = (clipped[keep] - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)
-    return k.astype(np.float32), fams[keep], subs[keep], labels
+    to_crop = lambda b: ((b - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)).astype(np.float32)  # noqa: E731
+    return to_crop(clipped[keep]), fams[keep], subs[keep], labels, to_crop(clipped[ignored]), fams[ignored]
 
 
 def _place_crop(cx: float, cy: float, side: float, w: int, h: int) -> tuple[float, float, float, float]:
@@ -217,8 +224,9 @@ def crops_from_photo(
     settings: Any,
     rng: np.random.Generator,
     n_unlocated_lookalikes: int = 0,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]]:
-    """All crops of one photo: (crop, boxes, families, subtypes, labels, kind)."""
+) -> list[tuple]:
+    """All crops of one photo: (crop, boxes, families, subtypes, labels, kind, ignored boxes, their
+    families)."""
     h, w = rgb_work.shape[:2]
     lo, hi = settings.scale_jitter
     out_size = prep.input_size
@@ -227,15 +235,18 @@ def crops_from_photo(
     levels = np.asarray(list(counts), np.float64)
     level_p = np.asarray(list(counts.values()), np.float64) / sum(counts.values())
 
+    # A crop at the finest level shows a box as large as inference ever will: there a tiny box is still
+    # taught, not ignored (ignoring it there would leave the smallest stitch defects never learnt).
+    finest_side = prep.tile_size / max(levels) * hi
+
     def side(level: float) -> float:
         return prep.tile_size / level * math.exp(rng.uniform(math.log(lo), math.log(hi)))
 
     def make(cx: float, cy: float, s: float, kind: int):
         xyxy = _place_crop(cx, cy, s, w, h)
-        b, f, sb, labels = crop_targets(
-            boxes, fams, subs, xyxy, out_size, settings.min_visible, settings.min_box_px
-        )
-        return _cut(rgb_work, xyxy, out_size), b, f, sb, labels, kind
+        min_px = 0.0 if s <= finest_side + 1e-6 else settings.min_box_px
+        targets = crop_targets(boxes, fams, subs, xyxy, out_size, settings.min_visible, min_px)
+        return _cut(rgb_work, xyxy, out_size), *targets[:4], kind, *targets[4:]
 
     def box_level(box: np.ndarray) -> float:
         return home_level(max(box[2] - box[0], box[3] - box[1]), prep)
@@ -304,7 +315,7 @@ def build_tile_cache(
         looks = lookalike_boxes_work(image, rgb.shape)
         unlocated = sum(len(image.get(k) or []) for k in LOOKALIKE_KEYS) - len(looks)
         for crop in crops_from_photo(rgb, boxes, fams, subs, looks, prep, settings, rng, unlocated):
-            items.append((*crop, image_id))
+            items.append((*crop[:6], image_id, *crop[6:]))
         if log and (n + 1) % 50 == 0:
             log(f"tile cache: {n + 1}/{len(ids)} photos, {len(items)} crops")
     if not items:
@@ -335,6 +346,7 @@ def _write_staging(tmp: Path, items: list, meta: dict) -> None:
     crops = np.stack([it[0] for it in items])
     np.save(tmp / "crops.npy", crops)
     offsets = np.cumsum([0] + [len(it[1]) for it in items])
+    ignore_offsets = np.cumsum([0] + [len(it[7]) for it in items])
     np.savez(
         tmp / "targets.npz",
         labels=np.stack([it[4] for it in items]),
@@ -344,6 +356,9 @@ def _write_staging(tmp: Path, items: list, meta: dict) -> None:
         box_families=np.concatenate([it[2] for it in items]),
         box_subtypes=np.concatenate([it[3] for it in items]),
         offsets=offsets,
+        ignore_boxes=np.concatenate([it[7] for it in items]).reshape(-1, 4),
+        ignore_families=np.concatenate([it[8] for it in items]),
+        ignore_offsets=ignore_offsets,
     )
     (tmp / "meta.json").write_text(json.dumps({**meta, "crops": len(items)}, indent=1), encoding="utf-8")
 
@@ -351,8 +366,8 @@ def _write_staging(tmp: Path, items: list, meta: dict) -> None:
 def load_tile_cache(folder: Path) -> TileCache:
     folder = Path(folder)
     t = np.load(folder / "targets.npz")
-    off = t["offsets"]
-    split = lambda a: [a[off[i] : off[i + 1]] for i in range(len(off) - 1)]  # noqa: E731
+    off, ioff = t["offsets"], t["ignore_offsets"]
+    split = lambda a, o=off: [a[o[i] : o[i + 1]] for i in range(len(o) - 1)]  # noqa: E731
     return TileCache(
         crops=np.load(folder / "crops.npy", mmap_mode="r"),
         labels=t["labels"],
@@ -361,6 +376,8 @@ def load_tile_cache(folder: Path) -> TileCache:
         boxes=split(t["boxes"].astype(np.float32)),
         box_families=split(t["box_families"]),
         box_subtypes=split(t["box_subtypes"]),
+        ignore_boxes=split(t["ignore_boxes"].astype(np.float32), ioff),
+        ignore_families=split(t["ignore_families"], ioff),
         folder=folder,
     )
 
@@ -406,21 +423,33 @@ def balanced_batches(
 
 
 def augment_crop(
-    pipeline: Any, crop: np.ndarray, boxes: np.ndarray, fams: np.ndarray, subs: np.ndarray, min_visible: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    pipeline: Any,
+    crop: np.ndarray,
+    boxes: np.ndarray,
+    fams: np.ndarray,
+    subs: np.ndarray,
+    min_visible: float,
+    ignore_boxes: np.ndarray | None = None,
+    ignore_fams: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Augment one crop with a box-aware albumentations pipeline; recompute its family labels.
 
     A family stays present when at least one of its boxes survives (albumentations drops boxes cut
     below the pipeline's min_visibility); one whose boxes were all cut away becomes IGNORE, and IGNORE
-    stays IGNORE. Returns crop, boxes xyxy, families, subtypes, labels.
+    stays IGNORE. Ignored boxes travel with the same transforms. Returns crop, boxes xyxy, families,
+    subtypes, labels, ignored boxes xyxy, their families.
     """
     size = crop.shape[0]
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1) if len(boxes) else boxes
+    if ignore_boxes is None or ignore_fams is None:
+        ignore_boxes, ignore_fams = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
+    every = np.concatenate([boxes.reshape(-1, 4), ignore_boxes.reshape(-1, 4)]).astype(np.float32)
+    every_fams = np.concatenate([fams, ignore_fams]).astype(np.int64)
+    xywh = np.concatenate([every[:, :2], every[:, 2:] - every[:, :2]], axis=1)
     out = pipeline(
         image=np.ascontiguousarray(crop),
-        bboxes=xywh.reshape(-1, 4).astype(np.float32),
-        category_ids=fams.tolist(),
-        ann_index=list(range(len(boxes))),
+        bboxes=xywh,
+        category_ids=every_fams.tolist(),
+        ann_index=list(range(len(every))),
     )
     image = out["image"]
     if image.shape[:2] != (size, size):  # a crop-type transform changed the size: back to the input size
@@ -433,20 +462,43 @@ def augment_crop(
     idx = np.asarray(out["ann_index"], np.int64)
     b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
     b = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy], axis=1)
+    counted = idx < len(boxes)
+    kept = idx[counted]
     labels = np.zeros(len(FAMILIES), np.uint8)
-    labels[np.unique(fams)] = IGNORE
-    labels[np.unique(fams[idx])] = 1
-    return image, b.astype(np.float32), fams[idx], subs[idx], labels
+    labels[np.unique(every_fams)] = IGNORE
+    labels[np.unique(fams[kept])] = 1
+    return (
+        image,
+        b[counted].astype(np.float32),
+        fams[kept],
+        subs[kept],
+        labels,
+        b[~counted].astype(np.float32),
+        every_fams[idx[~counted]],
+    )
+
+
+class CropBatch(NamedTuple):
+    """A training batch: normalised float32 NCHW crops, N×F labels (1 / 0 / -1 = ignore), and per crop
+    its boxes (xyxy input pixels), families, subtypes, ignored boxes and their families."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    boxes: list[np.ndarray]
+    families: list[np.ndarray]
+    subtypes: list[np.ndarray]
+    ignore_boxes: list[np.ndarray]
+    ignore_families: list[np.ndarray]
 
 
 def load_batch(
     cache: TileCache, indices: np.ndarray, pipeline: Any | None, prep: Any, min_visible: float
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """Normalised float32 NCHW crops, N×F labels (1 / 0 / -1 = ignore), and per-crop boxes/families/subtypes
-    (augmented)."""
+) -> CropBatch:
+    """The crops at ``indices``, augmented by ``pipeline`` when given, normalised for the network."""
     from cv.prep import normalise
 
-    images, labels, boxes, fams, subs = [], [], [], [], []
+    images, labels, boxes, fams, subs, ign_boxes, ign_fams = [], [], [], [], [], [], []
+    no_box, no_fam = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     for i in indices:
         crop, b, f, s, y = (
             np.asarray(cache.crops[i]),
@@ -455,15 +507,19 @@ def load_batch(
             cache.box_subtypes[i],
             cache.labels[i],
         )
+        ib = cache.ignore_boxes[i] if cache.ignore_boxes is not None else no_box
+        if_ = cache.ignore_families[i] if cache.ignore_families is not None else no_fam
         if pipeline is not None:
             # Labels follow the boxes that survive the transforms (every cached label has its box).
-            crop, b, f, s, aug_y = augment_crop(pipeline, crop, b, f, s, min_visible)
+            crop, b, f, s, aug_y, ib, if_ = augment_crop(pipeline, crop, b, f, s, min_visible, ib, if_)
             y = np.where(y == IGNORE, IGNORE, aug_y).astype(np.uint8)
         images.append(crop)
         labels.append(y)
         boxes.append(b)
         fams.append(f)
         subs.append(s)
+        ign_boxes.append(ib)
+        ign_fams.append(if_)
     y = np.stack(labels).astype(np.float32)
     y[y == IGNORE] = -1.0
-    return normalise(np.stack(images), prep), y, boxes, fams, subs
+    return CropBatch(normalise(np.stack(images), prep), y, boxes, fams, subs, ign_boxes, ign_fams)

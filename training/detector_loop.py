@@ -16,18 +16,20 @@ import torch
 
 from datasets.taxonomy import CATEGORY_IDS
 from models.detector import decode_detections, detector_loss, encode_targets
-from training.data import TileCache, load_batch
+from training.data import CropBatch, TileCache, load_batch
 from training.engine import model_input, optimiser_step
 
 
-def _targets(model: torch.nn.Module, boxes, fams, subs, size: int) -> dict[str, torch.Tensor]:
+def _targets(model: torch.nn.Module, batch: CropBatch) -> dict[str, torch.Tensor]:
     return encode_targets(
-        boxes,
-        fams,
-        subs if getattr(model, "num_subtypes", 0) else None,
-        input_size=size,
+        batch.boxes,
+        batch.families,
+        batch.subtypes if getattr(model, "num_subtypes", 0) else None,
+        input_size=batch.images.shape[-1],
         stride=model.stride,
         num_classes=model.num_classes,
+        ignore_boxes=batch.ignore_boxes,
+        ignore_labels=batch.ignore_families,
     )
 
 
@@ -50,9 +52,9 @@ def train_one_epoch(
     model.train()
     total, seen, parts_sum, start = 0.0, 0, {}, time.perf_counter()
     for step, indices in enumerate(batches):
-        images, _, boxes, fams, subs = load_batch(cache, indices, pipeline, prep, min_visible)
-        targets = _targets(model, boxes, fams, subs, images.shape[-1])
-        x = model_input(images, device)
+        batch = load_batch(cache, indices, pipeline, prep, min_visible)
+        targets = _targets(model, batch)
+        x = model_input(batch.images, device)
         with torch.autocast(device.type, enabled=scaler is not None):
             outputs = model(x)
         loss, parts = detector_loss({k: v.float() for k, v in outputs.items()}, targets, loss_weights)
@@ -94,19 +96,23 @@ def evaluate_crops(
     size = prep.input_size
     for start in range(0, len(cache), batch_size):
         idx = np.arange(start, min(start + batch_size, len(cache)))
-        images, _, boxes, fams, subs = load_batch(cache, idx, None, prep, 0.5)
-        outputs = model(model_input(images, device))
-        loss, _ = detector_loss(
-            {k: v.float() for k, v in outputs.items()}, _targets(model, boxes, fams, subs, size)
-        )
+        batch = load_batch(cache, idx, None, prep, 0.5)
+        outputs = model(model_input(batch.images, device))
+        loss, _ = detector_loss({k: v.float() for k, v in outputs.items()}, _targets(model, batch))
         total += loss.item() * len(idx)
         seen += len(idx)
         decoded = decode_detections(outputs, score_threshold, top_k, input_size=size, stride=model.stride)
-        for i, d, b, f in zip(idx, decoded, boxes, fams, strict=True):
+        for i, d, b, f, ib, if_ in zip(
+            idx, decoded, batch.boxes, batch.families, batch.ignore_boxes, batch.ignore_families, strict=True
+        ):
             image_id = int(i) + 1
             images_info.append({"id": image_id, "width": size, "height": size})
             for box, fam in zip(b, f, strict=True):
                 gt_anns.append(_ann(len(gt_anns) + 1, image_id, CATEGORY_IDS[families[int(fam)]], box))
+            # A cut or too-small defect: COCO's crowd region, so a box on it is neither a hit nor a miss.
+            for box, fam in zip(ib, if_, strict=True):
+                ann = _ann(len(gt_anns) + 1, image_id, CATEGORY_IDS[families[int(fam)]], box)
+                gt_anns.append({**ann, "iscrowd": 1})
             for box, score, label in zip(d.boxes, d.scores, d.labels, strict=True):
                 det = _ann(0, image_id, CATEGORY_IDS[families[int(label)]], box)
                 det["score"] = float(score)
