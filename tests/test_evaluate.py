@@ -10,10 +10,11 @@ from training.evaluate import (
     PhotoRun,
     calibration_halves,
     confusion_by_family,
+    cross_fitted,
     detection_map,
     family_metrics,
     flat_metrics,
-    subset_run,
+    photo_report,
     subtype_recall,
 )
 
@@ -79,18 +80,29 @@ def test_subtype_recall_by_hand():
     assert set(out) == {"skipped_stitch", "open_seam", "wrong_colour"}
 
 
-def test_calibration_and_report_halves_are_disjoint_and_cover_the_photos():
-    ids = [7, 3, 9, 1, 5]
-    cal, rep = calibration_halves(ids)
-    assert sorted([ids[i] for i in cal]) == [1, 5, 9] and sorted([ids[i] for i in rep]) == [3, 7]
-    subtypes = [["a"], ["b"], ["c"], ["d"], ["e"]]
-    dets = [{"image_id": 3}, {"image_id": 9}]
-    run = PhotoRun(
-        ["stitching"], ids, np.arange(5.0)[:, None], np.ones((5, 1), bool), dets, subtypes=subtypes
-    )
-    part = subset_run(run, rep)
-    assert part.image_ids == [7, 3] and part.raw[:, 0].tolist() == [0.0, 1.0]
-    assert part.detections == [{"image_id": 3}] and part.subtypes == [["a"], ["b"]]
+def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():
+    from training.calibrate import apply_calibration, fit_thresholds
+
+    ids = [7, 3, 9, 1, 5, 2, 8, 4]
+    assert [sorted(ids[i] for i in half) for half in calibration_halves(ids)] == [[1, 3, 5, 8], [2, 4, 7, 9]]
+    raw = np.array([[0.9], [0.2], [0.8], [0.3], [0.6], [0.7], [0.1], [0.4]])
+    labels = np.array([[1], [0], [1], [0], [1], [1], [0], [0]], bool)
+    run = PhotoRun(["stitching"], ids, raw, labels, subtypes=[["skipped_stitch"]] * 8)
+
+    def fit(r, y):
+        return fit_thresholds(r, y, ["stitching"], 1.0, 1.0)
+
+    probs, flags = cross_fitted(run, fit)
+    for fit_rows, eval_rows in (calibration_halves(ids), calibration_halves(ids)[::-1]):
+        cal, thr = fit(raw[fit_rows], labels[fit_rows])
+        np.testing.assert_allclose(probs[eval_rows], apply_calibration(raw[eval_rows], cal, ["stitching"]))
+        assert np.all(flags["stitching"][eval_rows] == thr["stitching"]["flag"])
+    # the report flags each photo at its own fold's threshold, not at the shipped one
+    report = photo_report(run, {}, {"stitching": {"flag": 0.99}}, cross_fit=(probs, flags))
+    expected = probs[:, 0] >= flags["stitching"]
+    assert report["per_family"]["stitching"]["flagged"] == int(expected.sum())
+    assert report["per_family"]["stitching"]["recall"] == expected[labels[:, 0]].mean()
+    assert report["per_subtype"]["skipped_stitch"]["recall"] == expected.mean()
 
 
 def test_confusion_counts():

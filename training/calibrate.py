@@ -94,6 +94,19 @@ def calibrate_thresholds(
     return out
 
 
+def fit_thresholds(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    families: tuple[str, ...] | list[str],
+    target_recall: float = 0.95,
+    review_recall: float = 0.99,
+) -> tuple[dict, dict[str, dict[str, float]]]:
+    """Platt calibration and flag/review thresholds fitted on the same photos (what a bundle ships)."""
+    calibration = fit_calibration(raw, labels, families)
+    probs = apply_calibration(raw, calibration, families)
+    return calibration, calibrate_thresholds(probs, labels, families, target_recall, review_recall)
+
+
 def apply_calibration(
     raw: np.ndarray, calibration: dict, families: tuple[str, ...] | list[str]
 ) -> np.ndarray:

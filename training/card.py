@@ -26,8 +26,8 @@ def model_card(
         "",
         "## Data",
         f"- dataset version `{split.data_version}` (split `{split.split_id}`): "
-        f"{len(split.train_ids)} training photos; validation photos: {report.get('calibration_photos', 0)} "
-        f"fit the calibration, {report['photos']} others are reported below",
+        f"{len(split.train_ids)} training photos; {report['photos']} validation photos fit the "
+        "calibration and are reported below (cross-fitted)",
         f"- counts: `{split.counts}`",
     ]
     if from_bundle is not None:
@@ -41,7 +41,7 @@ def model_card(
         f"- crops: `{cfg['cache']}`; augmentation `{cfg['augment']}`; "
         f"positives per batch {cfg['positive_fraction']}",
         "",
-        "## Validation (whole photos not used for calibration, calibrated scores, at the flag threshold)",
+        "## Validation (whole photos, cross-fitted calibrated scores, at the flag threshold)",
         "",
         "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -64,10 +64,11 @@ def model_card(
     lines += [
         "",
         "## Thresholds",
-        f"Per family, Platt scaling on the max tile score, fitted on half of the validation photos "
-        f"(alternate photos by id); **flag** is the highest threshold keeping recall ≥ {target} on that "
-        "half, "
-        f"**review** keeps ≥ {review}. The table above is measured on the other half.",
+        "Per family, Platt scaling on the max tile score, fitted on all validation photos; **flag** is "
+        f"the highest threshold keeping recall ≥ {target} on them, **review** keeps ≥ {review}. The table "
+        "above is cross-fitted: each half of the photos (alternate by id) is scored with the calibration "
+        "and thresholds fitted on the other half, so no recall is measured on the photos that chose its "
+        "threshold. Its AUROC and AP pool both halves; the flag and review columns are the shipped values.",
         "",
         "## Known limits",
         "- Validation photos come from the same generator and seed range as training; a new PO (other "

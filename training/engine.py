@@ -451,10 +451,10 @@ def finish(
     from models.bundle import ModelBundle, save_bundle
     from models.predictor import Predictor
     from training import tracking
-    from training.calibrate import apply_calibration, calibrate_thresholds, fit_calibration
+    from training.calibrate import fit_thresholds
     from training.card import model_card
     from training.data import SUBTYPE_NAMES
-    from training.evaluate import calibration_halves, ground_truth, photo_report, run_on_photos, subset_run
+    from training.evaluate import cross_fitted, ground_truth, photo_report, run_on_photos
 
     model.eval()
     subtypes = list(SUBTYPE_NAMES) if task == "detector" and arch_kwargs.get("num_subtypes") else []
@@ -474,31 +474,25 @@ def finish(
     predictor = Predictor(bundle, "torch", device.type, model)
     log(f"evaluating on {len(val_ids)} validation photos")
     t0 = time.perf_counter()
-    full_run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
-    # Half the validation photos fit the calibration and thresholds, the other half reports on them:
-    # a recall measured on the photos that set the threshold would be met by construction.
-    cal_rows, report_rows = calibration_halves(full_run.image_ids)
-    cal = subset_run(full_run, cal_rows)
-    run = subset_run(full_run, report_rows)
-    calibration = fit_calibration(cal.raw, cal.labels, families)
-    thresholds = calibrate_thresholds(
-        apply_calibration(cal.raw, calibration, families),
-        cal.labels,
-        families,
-        config.calibration.target_recall,
-        config.calibration.review_recall,
-    )
-    probs = apply_calibration(run.raw, calibration, families)
+    run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
+
+    def fit(raw: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
+        target = config.calibration
+        return fit_thresholds(raw, labels, families, target.target_recall, target.review_recall)
+
+    # The shipped calibration and thresholds use every validation photo (a buyer's fine-tune has few);
+    # the reported figures are cross-fitted, each half judged at what the other half chose.
+    calibration, thresholds = fit(run.raw, run.labels)
+    cross_fit = cross_fitted(run, fit)
+    probs = cross_fit[0]
     gt = ground_truth(split.val, run.image_ids) if task == "detector" else None
-    report = photo_report(run, calibration, thresholds, gt)
-    report["calibration_photos"] = len(cal.image_ids)
+    report = photo_report(run, calibration, thresholds, gt, cross_fit=cross_fit)
     log(f"photo evaluation took {time.perf_counter() - t0:.0f} s")
     metrics = {
         **report["flat"],
         "best_epoch": best_epoch + 1,
         "epochs_run": len(history),
         "val_photos": len(run.image_ids),
-        "calibration_photos": len(cal.image_ids),
         "train_photos": len(split.train_ids),
     }
     bundle = bundle.model_copy(

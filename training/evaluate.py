@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -38,14 +39,15 @@ class FamilyMetrics:
 def family_metrics(
     scores: np.ndarray,
     labels: np.ndarray,
-    thresholds: dict[str, float] | float,
+    thresholds: dict[str, float | np.ndarray] | float,
     families: tuple[str, ...] | list[str] = FAMILIES,
 ) -> dict[str, FamilyMetrics]:
     """Per-family AUROC, AP, recall and false-flag rate at the threshold.
 
     ``scores``: N×F per-photo scores (calibrated probabilities or raw, matching ``thresholds``);
-    ``labels``: N×F booleans (family present in the photo); ``thresholds``: one per family or one for all.
-    A photo is flagged for a family when its score is ≥ the threshold.
+    ``labels``: N×F booleans (family present in the photo); ``thresholds``: one per family or one for all,
+    or per family one per photo (cross-fitting: each photo judged at the threshold of the other fold;
+    ``threshold`` then reports their mean). A photo is flagged for a family when its score is ≥ the threshold.
     """
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -55,7 +57,7 @@ def family_metrics(
     out: dict[str, FamilyMetrics] = {}
     for i, family in enumerate(families):
         s, y = scores[:, i], labels[:, i]
-        t = float(thresholds[family] if isinstance(thresholds, dict) else thresholds)
+        t = np.asarray(thresholds[family] if isinstance(thresholds, dict) else thresholds, np.float64)
         flagged = s >= t
         n_pos, n_neg = int(y.sum()), int((~y).sum())
         both = n_pos > 0 and n_neg > 0
@@ -65,7 +67,7 @@ def family_metrics(
             n_negative=n_neg,
             auroc=float(roc_auc_score(y, s)) if both else math.nan,
             average_precision=float(average_precision_score(y, s)) if n_pos else math.nan,
-            threshold=t,
+            threshold=float(t.mean()),
             recall=float((flagged & y).sum() / n_pos) if n_pos else math.nan,
             false_flag_rate=float((flagged & ~y).sum() / n_neg) if n_neg else math.nan,
             flagged=int(flagged.sum()),
@@ -218,27 +220,33 @@ class PhotoRun:
     subtypes: list[list[str]] = field(default_factory=list)  # per photo, the defect subtypes it holds
 
 
-def subset_run(run: PhotoRun, rows: np.ndarray) -> PhotoRun:
-    """The part of a run on the photos at ``rows`` (indices into ``run.image_ids``)."""
-    rows = np.asarray(rows, np.int64)
-    ids = [run.image_ids[i] for i in rows]
-    keep = set(ids)
-    return PhotoRun(
-        families=run.families,
-        image_ids=ids,
-        raw=run.raw[rows],
-        labels=run.labels[rows],
-        detections=[d for d in run.detections if d["image_id"] in keep],
-        panels=run.panels,
-        subtypes=[run.subtypes[i] for i in rows] if run.subtypes else [],
-    )
-
-
 def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the validation photos that calibrate, and rows that are reported on: alternate photos by
-    id, so thresholds are never judged on the photos that chose them."""
+    """The two folds of the validation photos for cross-fitting: alternate photos by id (rows)."""
     order = np.argsort(np.asarray(image_ids), kind="stable")
     return np.sort(order[0::2]), np.sort(order[1::2])
+
+
+def cross_fitted(run: PhotoRun, fit: Callable) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Out-of-fold calibrated probabilities (N×F) and per-photo flag thresholds ``{family: (N,)}``.
+
+    Each half of the photos is scored with the calibration and thresholds that ``fit(raw, labels)``
+    (→ calibration, thresholds) finds on the other half. A recall measured on the photos that chose
+    its threshold is met by construction; this way none is, yet every photo is reported on and the
+    shipped thresholds can be fitted on all of them (a buyer's fine-tune has only a dozen or two).
+    """
+    from training.calibrate import apply_calibration
+
+    probs = np.zeros(run.raw.shape, np.float64)
+    flags = {f: np.zeros(len(run.image_ids), np.float64) for f in run.families}
+    a, b = calibration_halves(run.image_ids)
+    for fit_rows, eval_rows in ((a, b), (b, a)):
+        if len(eval_rows) == 0:
+            continue
+        calibration, thresholds = fit(run.raw[fit_rows], run.labels[fit_rows])
+        probs[eval_rows] = apply_calibration(run.raw[eval_rows], calibration, run.families)
+        for f in run.families:
+            flags[f][eval_rows] = thresholds[f]["flag"]
+    return probs, flags
 
 
 def photo_labels(image: dict, annotations: list[dict], families: list[str] | tuple[str, ...]) -> np.ndarray:
@@ -328,13 +336,21 @@ def ground_truth(dataset, image_ids: list[int]) -> dict:
 
 
 def photo_report(
-    run: PhotoRun, calibration: dict, thresholds: dict[str, dict[str, float]], gt: dict | None = None
+    run: PhotoRun,
+    calibration: dict,
+    thresholds: dict[str, dict[str, float]],
+    gt: dict | None = None,
+    cross_fit: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
 ) -> dict:
-    """Metrics of a photo run at the bundle's calibration and "flag" thresholds (+ mAP for a detector)."""
+    """Metrics of a photo run at the bundle's calibration and "flag" thresholds (+ mAP for a detector);
+    with ``cross_fit`` (from :func:`cross_fitted`) at those out-of-fold probabilities and thresholds."""
     from models.photo import calibrate_scores
 
-    probs = calibrate_scores(run.raw, calibration, run.families)
-    flag = {f: thresholds.get(f, {}).get("flag", 0.5) for f in run.families}
+    if cross_fit is not None:
+        probs, flag = cross_fit
+    else:
+        probs = calibrate_scores(run.raw, calibration, run.families)
+        flag = {f: thresholds.get(f, {}).get("flag", 0.5) for f in run.families}
     per_family = family_metrics(probs, run.labels, flag, run.families)
     report = {
         "photos": len(run.image_ids),
@@ -350,7 +366,7 @@ def photo_report(
     return report
 
 
-def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float]) -> dict[str, dict]:
+def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.ndarray]) -> dict[str, dict]:
     """Per defect subtype: photos holding it, the share flagged for its family, their median score.
 
     Shows which kinds of defect a model misses (a family's recall averages over very different ones).
@@ -365,10 +381,11 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float]) -> 
         k = run.families.index(family)
         rows = [i for i, subs in enumerate(run.subtypes) if sub in subs]
         scores = probs[rows, k]
+        t = np.asarray(flag[family], np.float64)
         out[sub] = {
             "family": family,
             "photos": len(rows),
-            "recall": float((scores >= flag[family]).mean()),
+            "recall": float((scores >= (t[rows] if t.ndim else t)).mean()),
             "median_score": float(np.median(scores)),
         }
     return out
