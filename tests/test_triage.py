@@ -196,7 +196,13 @@ def test_demo_triages_a_generated_po_with_the_shipped_default_and_checks_it_agai
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and all(r["model"] == "loupe-classifier@2+loupe-detector@2" for r in lines)
+    default = Path(__file__).resolve().parents[1] / "models" / "default"
+    versions = {
+        task: json.loads((default / task / "bundle.json").read_text())["version"]
+        for task in ("classifier", "detector")
+    }
+    shipped = f"loupe-classifier@{versions['classifier']}+loupe-detector@{versions['detector']}"
+    assert len(lines) == 6 and all(r["model"] == shipped for r in lines)
     counts = re.findall(
         r"(defective|good) photos\s+(\d+): (\d+) defect, (\d+) review, (\d+) pass", done.stdout
     )
