@@ -174,7 +174,10 @@ def crop_targets(
     ignored = (vis > 0) & ~keep
     labels[np.unique(fams[ignored])] = IGNORE
     labels[np.unique(fams[keep])] = 1
-    to_crop = lambda b: ((b - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)).astype(np.float32)  # noqa: E731
+
+    def to_crop(b: np.ndarray) -> np.ndarray:
+        return ((b - np.array([x0, y0, x0, y0], np.float32)) * (out_size / side)).astype(np.float32)
+
     return to_crop(clipped[keep]), fams[keep], subs[keep], labels, to_crop(clipped[ignored]), fams[ignored]
 
 
