@@ -477,8 +477,8 @@ def finish(
     run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
 
     def fit(raw: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
-        target = config.calibration
-        return fit_thresholds(raw, labels, families, target.target_recall, target.review_recall)
+        recall = config.calibration
+        return fit_thresholds(raw, labels, families, recall.target_recall, recall.review_recall)
 
     # The shipped calibration and thresholds use every validation photo (a buyer's fine-tune has few);
     # the reported figures are cross-fitted, each half judged at what the other half chose.
