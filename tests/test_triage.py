@@ -20,7 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models.bundle import ModelBundle, save_bundle
+from models.bundle import ModelBundle, load_bundle, save_bundle
+from models.refs import resolve_model_ref
 from models.registry import build_model
 from serving.triage import Triage, TriageSettings, decide, summarise_po, triage_po
 
@@ -196,12 +197,8 @@ def test_demo_triages_a_generated_po_with_the_shipped_default_and_checks_it_agai
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    default = Path(__file__).resolve().parents[1] / "models" / "default"
-    versions = {
-        task: json.loads((default / task / "bundle.json").read_text())["version"]
-        for task in ("classifier", "detector")
-    }
-    shipped = f"loupe-classifier@{versions['classifier']}+loupe-detector@{versions['detector']}"
+    # Serving names results after the shipped bundles it loaded: "classifier ref+detector ref".
+    shipped = "+".join(load_bundle(resolve_model_ref("default", t)).ref for t in ("classifier", "detector"))
     assert len(lines) == 6 and all(r["model"] == shipped for r in lines)
     counts = re.findall(
         r"(defective|good) photos\s+(\d+): (\d+) defect, (\d+) review, (\d+) pass", done.stdout
