@@ -150,6 +150,29 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert np.allclose(pyfunc.predict(tiles), probs, atol=1e-5)
 
 
+def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights(po, data_dir):
+    import torch
+
+    from models.bundle import load_bundle
+    from models.pretrained import read_state_dict
+    from training.engine import train
+
+    source = train("classifier", _config("classifier", epochs=1), po, track=False, log=lambda m: None)
+    lines: list[str] = []
+    # No epoch can beat a crop AP by more than 1: the fine-tune has to fall back to where it started.
+    config = _config("classifier", lr=0.01, early_stopping={"patience": 2, "min_delta": 1.0})
+    tuned = train(
+        "classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "ft", track=False,
+        log=lines.append,
+    )  # fmt: skip
+    assert len(tuned.history) == 2 and tuned.metrics["best_epoch"] == 0
+    assert any(line.startswith("starting model") for line in lines)
+    assert any(line.startswith("no epoch beat the starting model") for line in lines)
+    before = read_state_dict(load_bundle(source.bundle_dir).weights_path)
+    after = read_state_dict(load_bundle(tuned.bundle_dir).weights_path)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_detector_run_resume_and_validate(po, data_dir):
     from models.bundle import load_bundle
     from training.engine import train

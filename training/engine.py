@@ -373,6 +373,15 @@ def train(
         run_id = run.info.run_id if run is not None else None
         if track:
             tracking.log_metrics({f"data/{k}": v for k, v in train_cache.summary().items()})
+        if from_bundle is not None and ckpt is None:
+            # A fine-tune must beat the model it starts from on this data's validation crops; if no
+            # epoch does, that model's weights are kept (and only recalibrated below).
+            start = loop.evaluate_crops(model, val_cache, prep, device, families)
+            best_score = start["score"]
+            save_checkpoint(run_dir / CHECKPOINTS / BEST, model=model.state_dict(), epoch=-1)
+            log(f"starting model {from_ref}: val score {best_score:.4f}")
+            if track:
+                tracking.log_metrics(start, step=0)
         rng = np.random.default_rng(config.seed + 7919 * start_epoch)
         for epoch in range(start_epoch, config.epochs):
             batches = list(
@@ -415,6 +424,8 @@ def train(
                 break
 
         best = run_dir / CHECKPOINTS / BEST
+        if best_epoch < 0 and from_bundle is not None:
+            log(f"no epoch beat the starting model {from_ref}: its weights are kept")
         if best.is_file():
             model.load_state_dict(load_checkpoint(best)["model"])
         result = finish(
