@@ -105,31 +105,35 @@ def photo_scores(model: str, data: Path, threads: int = 2) -> tuple[np.ndarray, 
     """Per-photo raw family scores and labels of ``model`` on ``data``, the way `loupe val` runs it."""
     from datasets.reader import read_dataset
     from models.predictor import load_predictor
-    from models.refs import resolve_model_ref
     from training.evaluate import run_on_photos
 
-    folder = Path(model) if Path(model).is_dir() else resolve_model_ref(model, "classifier")
-    predictor = load_predictor(folder, backend="torch", device="auto", threads=threads)
+    predictor = load_predictor(model, backend="torch", device="auto", threads=threads, task="classifier")
     dataset = read_dataset(data)
     ids = [im["id"] for im in dataset.coco["images"]]
     run = run_on_photos(dataset, ids, predictor, predictor.bundle.prep, n_panels=0)
     return run.raw, run.labels, run.families
 
 
-def family_figures(raw: np.ndarray, labels: np.ndarray, columns: list[int]) -> np.ndarray:
-    """AUROC and AP per family column: shape (2, len(columns)); nan where a column lacks a class."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def family_figures(
+    raw: np.ndarray, labels: np.ndarray, families: list[str], columns: list[int]
+) -> np.ndarray:
+    """AUROC and AP per family column (:func:`training.evaluate.family_metrics`): shape (2, len(columns))."""
+    from training.evaluate import family_metrics
 
-    out = np.full((2, len(columns)), np.nan)
-    for j, i in enumerate(columns):
-        y, s = labels[:, i], raw[:, i]
-        if 0 < y.sum() < len(y):
-            out[:, j] = roc_auc_score(y, s), average_precision_score(y, s)
-    return out
+    per_family = family_metrics(raw, labels, 0.5, families)
+    return np.array(
+        [[getattr(per_family[families[i]], m) for i in columns] for m in ("auroc", "average_precision")]
+    )
 
 
 def paired_bootstrap(
-    arm: np.ndarray, base: np.ndarray, labels: np.ndarray, columns: list[int], rounds: int, seed: int = 0
+    arm: np.ndarray,
+    base: np.ndarray,
+    labels: np.ndarray,
+    families: list[str],
+    columns: list[int],
+    rounds: int,
+    seed: int = 0,
 ) -> np.ndarray:
     """(rounds, 2) mean-over-families AUROC and AP differences ``arm - base`` on resampled photos.
 
@@ -141,8 +145,8 @@ def paired_bootstrap(
     for r in range(rounds):
         pick = rng.integers(0, len(labels), len(labels))
         y = labels[pick]
-        diff = family_figures(arm[pick], y, columns) - family_figures(base[pick], y, columns)
-        out[r] = np.nanmean(diff, axis=1)
+        arm_figures = family_figures(arm[pick], y, families, columns)
+        out[r] = np.nanmean(arm_figures - family_figures(base[pick], y, families, columns), axis=1)
     return out
 
 
@@ -190,7 +194,7 @@ def main() -> None:
     scored = {name: photo_scores(ref, buyer_test) for name, ref in arms.items()}
     labels, families = scored["default"][1], scored["default"][2]
     columns = [i for i in range(len(families)) if 0 < labels[:, i].sum() < len(labels)]
-    figures = {name: family_figures(raw, labels, columns) for name, (raw, *_) in scored.items()}
+    figures = {name: family_figures(raw, labels, families, columns) for name, (raw, *_) in scored.items()}
     print(f"\nheld-out buyer photos: {len(labels)}")
     print(f"{'family':<10}{'pos':>5}" + "".join(f"{n + ' AUROC':>17}{n + ' AP':>14}" for n in arms))
     for j, i in enumerate(columns):
@@ -203,7 +207,9 @@ def main() -> None:
     )
     summary = {}
     for base in ("default", "scratch"):
-        diffs = paired_bootstrap(scored["fine-tune"][0], scored[base][0], labels, columns, args.bootstrap)
+        diffs = paired_bootstrap(
+            scored["fine-tune"][0], scored[base][0], labels, families, columns, args.bootstrap
+        )
         point = np.nanmean(figures["fine-tune"] - figures[base], axis=1)
         for k, metric in enumerate(("auroc", "ap")):
             lo, hi = np.percentile(diffs[:, k], [2.5, 97.5])
