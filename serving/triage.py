@@ -107,14 +107,14 @@ class Triage:
         )
         from models.photo import as_prep
 
+        # Each model reads the pixels it was trained on: a detector at another working scale than the
+        # classifier gets its own reduced decode of the photo (a few tens of ms, only when it runs).
         self.prep = as_prep(self.classifier.bundle.prep)
-        if self.detector is not None and as_prep(self.detector.bundle.prep) != self.prep:
-            # Both models read the same tiles; a detector trained at another scale would see other tiles.
-            raise ValueError(
-                f"classifier {self.classifier.bundle.ref} and detector {self.detector.bundle.ref} were "
-                "trained with different prep settings (tile size / working scale); pair models trained "
-                "with the same prep"
-            )
+        self.detector_prep = as_prep(self.detector.bundle.prep) if self.detector is not None else None
+        pixels = {"work_long_side", "clahe", "white_balance"}
+        self.detector_decodes = self.detector_prep is not None and self.detector_prep.model_dump(
+            include=pixels
+        ) != self.prep.model_dump(include=pixels)
         refs = [self.classifier.bundle.ref] + ([self.detector.bundle.ref] if self.detector else [])
         self.model_ref = "+".join(refs)
 
@@ -154,12 +154,18 @@ class Triage:
         findings: list[Finding] = []
         if self.detector is not None and (suspect or self.settings.detect == "all"):
             per_family: dict[str, int] = {}
-            for box, score, family, subtype in detect_photo(work, self.detector, self.prep):
+            det_work, det_to_photo = work, to_photo
+            if self.detector_decodes:
+                dwp = working_photo(
+                    source, self.detector_prep, max_pixels=self.quality_config.max_pixels, name=name
+                )
+                det_work, det_to_photo = dwp.rgb_work, dwp.to_photo
+            for box, score, family, subtype in detect_photo(det_work, self.detector, self.detector_prep):
                 wanted = self.settings.detect == "all" or family in suspect
                 # Sorted by score: a report needs the strongest few boxes per family, not every peak.
                 if wanted and per_family.get(family, 0) < self.settings.max_findings_per_family:
                     per_family[family] = per_family.get(family, 0) + 1
-                    findings.append(Finding(family, subtype, score, _scale_box(box, to_photo, photo)))
+                    findings.append(Finding(family, subtype, score, _scale_box(box, det_to_photo, photo)))
         for family in suspect:
             if not any(f.family == family for f in findings):
                 # No box from the detector: the classifier's tile is still seam-level evidence.

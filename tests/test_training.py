@@ -173,6 +173,25 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_fine_tune_keeps_the_source_prep_unless_told_to_take_the_recipes(po, data_dir):
+    from models.bundle import load_bundle
+    from training.engine import train
+
+    quiet = {"track": False, "log": lambda m: None}
+    source = train("classifier", _config("classifier", epochs=1), po, out=data_dir / "src", **quiet)
+    # A recipe at twice the working scale: a plain fine-tune ignores it, --prep-from-recipe takes it.
+    sharper = _config("classifier", epochs=1, prep={**PREP, "work_long_side": 640, "levels": [1.0, 0.5]})
+    kept = train("classifier", sharper, po, from_ref=str(source.bundle_dir), out=data_dir / "a", **quiet)
+    moved = train(
+        "classifier", sharper, po, from_ref=str(source.bundle_dir), out=data_dir / "b",
+        prep_from_recipe=True, **quiet,
+    )  # fmt: skip
+    assert load_bundle(kept.bundle_dir).prep == load_bundle(source.bundle_dir).prep
+    prep = load_bundle(moved.bundle_dir).prep
+    assert prep["work_long_side"] == 640 and prep["levels"] == [1.0, 0.5]
+    assert "--prep-from-recipe" in load_bundle(moved.bundle_dir).card
+
+
 def test_detector_run_resume_and_validate(po, data_dir):
     from models.bundle import load_bundle
     from training.engine import train

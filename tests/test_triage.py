@@ -122,6 +122,42 @@ def test_tile_evidence_is_in_the_photo_pixels_after_exif_orientation(classifier,
     assert all(0 <= v <= 1200 for v in box)
 
 
+def test_a_detector_at_another_working_scale_reads_its_own_decode(classifier, tmp_path):
+    from cv.prep import working_photo
+    from datasets.synth import generate_po
+    from models.photo import as_prep, detect_photo
+    from models.predictor import load_predictor
+
+    generate_po(tmp_path / "po", 4, seed=11, size=(1600, 1200), workers=1)
+    detector = load_predictor("default", backend="torch", task="detector")
+    prep = as_prep(detector.bundle.prep)
+    assert prep.work_long_side != PREP["work_long_side"]  # the point of the test: 1280 against 640
+    triage = Triage(settings(classifier, detector="default", detect="all", max_findings_per_family=50))
+    boxed = 0
+    for path in sorted((tmp_path / "po" / "images").glob("*.jpg")):
+        wp = working_photo(path, prep)
+        w, h = wp.photo.original_width, wp.photo.original_height
+        expected = sorted(
+            (
+                family,
+                round(score, 4),
+                *(
+                    round(min(max(v * wp.to_photo, 0), lim), 1)
+                    for v, lim in zip(box, (w, h, w, h), strict=True)
+                ),
+            )
+            for box, score, family, _ in detect_photo(wp.rgb_work, detector, prep)
+        )
+        found = sorted(
+            (f.family, round(f.score, 4), *(round(v, 1) for v in f.box))
+            for f in triage.photo(path).findings
+            if f.subtype is not None  # the detector's boxes, not the classifier's evidence tiles
+        )
+        assert found == expected
+        boxed += len(found)
+    assert boxed > 0  # the default detector found something on these generated photos
+
+
 def test_calibration_saved_with_the_model_is_applied(classifier, tmp_path):
     calibrated = tmp_path / "calibrated"
     shutil.copytree(classifier, calibrated)

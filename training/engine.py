@@ -252,9 +252,13 @@ def train(
     config_file: str | Path | None = None,
     track: bool = True,
     epochs: int | None = None,
+    prep_from_recipe: bool = False,
     log=print,
 ) -> TrainResult:
     """Train a classifier or detector end to end; returns the bundle folder and the final metrics.
+
+    ``prep_from_recipe``: with ``from_ref``, train at the recipe's prep (working scale, pyramid levels)
+    instead of the source model's, to move a model to new pixels; its calibration is refitted either way.
 
     ``resume``: a run folder; its checkpointed config is used (``epochs`` may extend it) and training
     continues after the last finished epoch, in the same MLflow run.
@@ -291,7 +295,7 @@ def train(
 
     from_bundle = load_bundle(resolve_model_ref(from_ref, task)) if from_ref else None
     prep = config.prep
-    if from_bundle is not None:
+    if from_bundle is not None and not prep_from_recipe and resume is None:
         from cv.prep import PrepSettings
 
         prep = PrepSettings(**from_bundle.prep)  # a fine-tuned model keeps the pixels it was trained on
@@ -352,6 +356,7 @@ def train(
         ["loupe", "train", task, "--config", shlex.quote(str(config_path)), "--data", shlex.quote(str(data))]
         + (["--val-data", shlex.quote(str(val_data))] if val_data else [])
         + (["--from", shlex.quote(str(from_ref))] if from_ref else [])
+        + (["--prep-from-recipe"] if from_ref and prep_from_recipe else [])
     )
     tags = {"loupe.task": task, "loupe.run_dir": str(run_dir.resolve()), "loupe.split_id": split.split_id}
     if from_ref:

@@ -48,6 +48,7 @@ def _train(
     device: str | None,
     no_track: bool,
     threads: int | None = None,
+    prep_from_recipe: bool = False,
 ) -> None:
     _passive_omp_threads()
     from configs import ConfigError
@@ -72,6 +73,7 @@ def _train(
             config_file=config,
             track=not no_track,
             epochs=epochs,
+            prep_from_recipe=prep_from_recipe,
             log=typer.echo,
         )
     except (ConfigError, ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
@@ -94,6 +96,11 @@ _OUT = typer.Option(None, "--out", help="run folder (default $LOUPE_DATA/runs/<t
 _DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recipe's)")
 _NO_TRACK = typer.Option(False, "--no-track", help="skip MLflow (no run, no registration)")
 _THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: the recipe's, 2)")
+_PREP_FROM_RECIPE = typer.Option(
+    False,
+    "--prep-from-recipe",
+    help="with --from: train at the recipe's prep (working scale, pyramid levels), not the source model's",
+)
 
 
 def _register_train(task: str, summary: str) -> None:
@@ -112,10 +119,11 @@ def _register_train(task: str, summary: str) -> None:
         device: str | None = _DEVICE,
         no_track: bool = _NO_TRACK,
         threads: int | None = _THREADS,
+        prep_from_recipe: bool = _PREP_FROM_RECIPE,
     ) -> None:
         _train(
             task, config, data, val_data, from_ref, epochs, register, champion, resume, out, device,
-            no_track, threads,
+            no_track, threads, prep_from_recipe,
         )  # fmt: skip
 
     command.__doc__ = summary
