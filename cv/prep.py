@@ -116,6 +116,12 @@ def _check_rgb(rgb: np.ndarray) -> None:
         )
 
 
+def same_working_photo(a: PrepSettings, b: PrepSettings) -> bool:
+    """Whether two prep settings make the same working-scale photo (they may still tile it apart)."""
+    fields = {"work_long_side", "clahe", "white_balance"}  # what working_photo reads
+    return a.model_dump(include=fields) == b.model_dump(include=fields)
+
+
 def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, float]:
     """Resize so the long side is ``work_long_side`` and apply the colour corrections.
 

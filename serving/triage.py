@@ -105,16 +105,16 @@ class Triage:
             if s.detector and s.detect != "never"
             else None
         )
+        from cv.prep import same_working_photo
         from models.photo import as_prep
 
         # Each model reads the pixels it was trained on: a detector at another working scale than the
         # classifier gets its own reduced decode of the photo (a few tens of ms, only when it runs).
         self.prep = as_prep(self.classifier.bundle.prep)
         self.detector_prep = as_prep(self.detector.bundle.prep) if self.detector is not None else None
-        pixels = {"work_long_side", "clahe", "white_balance"}
-        self.detector_decodes = self.detector_prep is not None and self.detector_prep.model_dump(
-            include=pixels
-        ) != self.prep.model_dump(include=pixels)
+        self.detector_decodes = self.detector_prep is not None and not same_working_photo(
+            self.detector_prep, self.prep
+        )
         refs = [self.classifier.bundle.ref] + ([self.detector.bundle.ref] if self.detector else [])
         self.model_ref = "+".join(refs)
 
