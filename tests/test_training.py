@@ -173,6 +173,35 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_wise_ft_ships_the_average_of_the_starting_and_the_best_fine_tuned_weights(po, data_dir):
+    import torch
+
+    from models.bundle import load_bundle
+    from models.pretrained import read_state_dict
+    from training.engine import load_checkpoint, train
+
+    quiet = {"track": False, "log": lambda m: None}
+    # A barely trained start, so that the fine-tune's epochs beat it and there is something to average.
+    source = train("classifier", _config("classifier", epochs=1, lr=1e-6), po, out=data_dir / "s", **quiet)
+    tuned = train(
+        "classifier", _config("classifier", wise_ft=0.25), po, from_ref=str(source.bundle_dir),
+        out=data_dir / "w", **quiet,
+    )  # fmt: skip
+    assert tuned.metrics["best_epoch"] >= 1
+    start = read_state_dict(load_bundle(source.bundle_dir).weights_path)
+    best = load_checkpoint(data_dir / "w" / "checkpoints" / "best.pt")["model"]
+    shipped = read_state_dict(load_bundle(tuned.bundle_dir).weights_path)
+    moved = 0
+    for key, value in shipped.items():
+        if not value.is_floating_point():
+            continue
+        expected = start[key] + 0.25 * (best[key].float() - start[key])
+        assert torch.allclose(value, expected, atol=1e-6), key
+        moved += int(not torch.equal(best[key].float(), start[key]))
+    assert moved > 0  # the fine-tune changed weights, and the bundle holds neither end
+    assert "WiSE-FT" in load_bundle(tuned.bundle_dir).card
+
+
 def test_fine_tune_keeps_the_source_prep_unless_told_to_take_the_recipes(po, data_dir):
     from models.bundle import load_bundle
     from training.engine import train

@@ -32,6 +32,11 @@ def model_card(
     ]
     if from_bundle is not None:
         lines.append(f"- fine-tuned from `{from_bundle.ref}` (data `{from_bundle.data_version}`)")
+        if cfg.get("wise_ft"):
+            lines.append(
+                f"- weights {cfg['wise_ft']:g} of the way from `{from_bundle.ref}` to the best epoch's "
+                "(WiSE-FT weight average)"
+            )
     lines += [
         "",
         "## Recipe",

@@ -99,6 +99,14 @@ class TrainConfig(BaseModel):
     schedule: Literal["cosine", "onecycle"] = "onecycle"
     positive_fraction: float = Field(0.5, gt=0, lt=1, description="share of crops with a defect per batch")
     early_stopping: EarlyStopping = EarlyStopping()
+    wise_ft: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="with --from: the bundle's weights are this far from the starting model towards the "
+        "best fine-tuned ones (WiSE-FT, Wortsman et al. 2022: a weight average of the two); null keeps "
+        "the fine-tuned weights",
+    )
     calibration: CalibrationSettings = CalibrationSettings()
     detector: DetectorSettings = DetectorSettings()
     val_fraction: float = Field(0.2, gt=0, lt=1, description="used when the manifest has no val split")

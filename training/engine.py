@@ -319,6 +319,8 @@ def train(
     )
 
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
+    # WiSE-FT averages with the starting weights at the end: keep them (a resume rebuilds them the same way).
+    start_state = _cpu_copy(model.state_dict()) if from_bundle is not None and config.wise_ft else None
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
@@ -433,6 +435,9 @@ def train(
             log(f"no epoch beat the starting model {from_ref}: its weights are kept")
         if best.is_file():
             model.load_state_dict(load_checkpoint(best)["model"])
+        if start_state is not None and best_epoch >= 0:
+            model.load_state_dict(interpolate_weights(start_state, model.state_dict(), config.wise_ft))
+            log(f"weights: {config.wise_ft:g} of the way from {from_ref} to the best epoch's (WiSE-FT)")
         result = finish(
             task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
             from_bundle, log, track, command,
@@ -449,6 +454,23 @@ def train(
                     f"version {result.registered['version']}" + (" as @champion" if champion else "")
                 )
     return result
+
+
+def interpolate_weights(start: dict, tuned: dict, alpha: float) -> dict:
+    """``start + alpha * (tuned - start)`` for every floating-point tensor (BatchNorm statistics too);
+    integer buffers (BatchNorm's batch counts) keep the tuned value."""
+    out = {}
+    for key, value in tuned.items():
+        if value.is_floating_point():
+            base = start[key].to(value.device, value.dtype)
+            out[key] = base + alpha * (value - base)
+        else:
+            out[key] = value
+    return out
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 class _null_run:
