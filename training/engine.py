@@ -319,8 +319,6 @@ def train(
     )
 
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
-    # WiSE-FT averages with the starting weights at the end: keep them (a resume rebuilds them the same way).
-    start_state = _cpu_copy(model.state_dict()) if from_bundle is not None and config.wise_ft else None
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
@@ -435,8 +433,11 @@ def train(
             log(f"no epoch beat the starting model {from_ref}: its weights are kept")
         if best.is_file():
             model.load_state_dict(load_checkpoint(best)["model"])
-        if start_state is not None and best_epoch >= 0:
-            model.load_state_dict(interpolate_weights(start_state, model.state_dict(), config.wise_ft))
+        if from_bundle is not None and config.wise_ft and best_epoch >= 0:
+            from models.pretrained import read_state_dict
+
+            start = read_state_dict(from_bundle.weights_path)  # the weights build_for_training started from
+            model.load_state_dict(interpolate_weights(start, model.state_dict(), config.wise_ft))
             log(f"weights: {config.wise_ft:g} of the way from {from_ref} to the best epoch's (WiSE-FT)")
         result = finish(
             task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
@@ -467,10 +468,6 @@ def interpolate_weights(start: dict, tuned: dict, alpha: float) -> dict:
         else:
             out[key] = value
     return out
-
-
-def _cpu_copy(state: dict) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 class _null_run:
