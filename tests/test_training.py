@@ -43,56 +43,30 @@ def _config(task: str, **over) -> TrainConfig:
     return TrainConfig.model_validate(raw)
 
 
-@pytest.fixture(scope="module")
-def po(tmp_path_factory):
-    from datasets.synth import generate_po
-
-    out = tmp_path_factory.mktemp("po")
-    generate_po(out, 12, seed=5, size=(400, 300), workers=1)
-    return out
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)  # anything MLflow writes to the CWD would show up here
-    return tmp_path / "data"
-
-
 def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, data_dir, tmp_path):
     import mlflow
-    import torch
 
     from models.bundle import load_bundle
     from models.predictor import load_predictor
     from models.refs import resolve_model_ref
-    from training.classifier_loop import crop_scores
     from training.data import load_tile_cache
-    from training.engine import build_for_training, seed_everything, train
+    from training.engine import train
 
-    config = _config("classifier")
+    # 12 steps an epoch on the same crops (no augmentation): the third epoch's mean training loss is at
+    # most 0.56 of the first's for each of seeds 0-9. The trained network's eval-mode loss on those
+    # crops is no measure here: a random-init network's BatchNorm statistics from 36 batches of eight
+    # 48-px crops are too rough (measured 2026-11-30: worse than untrained for 4 of seeds 0-4).
+    config = _config("classifier", steps_per_epoch=12)
     result = train("classifier", config, po, register=True, champion=True, log=lambda m: None)
-    assert len(result.history) == 3
+    losses = [h["train/loss"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < 0.7 * losses[0]
 
-    # The loss on the training crops: the seeded untrained network (train() builds the same one) vs
-    # the trained bundle. Batch losses per epoch are too noisy on 4 steps to compare.
     cache = load_tile_cache(result.train_cache_dir)
-    labels = cache.labels.astype(bool)
     # the cache round-trips the boxes each crop ignores, inside the crop, one family each
     assert len(cache.ignore_boxes) == len(cache.ignore_families) == len(cache)
     ignored = np.concatenate(cache.ignore_boxes)
     assert len(ignored) == sum(len(f) for f in cache.ignore_families)
     assert ignored.min(initial=0) >= 0 and ignored.max(initial=0) <= config.prep.input_size
-
-    def bce(model) -> float:
-        p = np.clip(crop_scores(model, cache, config.prep, torch.device("cpu")), 1e-6, 1 - 1e-6)
-        return float(-np.mean(labels * np.log(p) + ~labels * np.log(1 - p)))
-
-    seed_everything(config.seed)
-    untrained, *_ = build_for_training(config, "classifier", None, torch.device("cpu"))
-    trained = load_bundle(result.bundle_dir).build_module("cpu")
-    assert bce(trained) < 0.8 * bce(untrained)
 
     bundle = load_bundle(result.bundle_dir)
     assert bundle.task == "classifier" and bundle.families == ["stitching", "logo", "label"]
@@ -227,7 +201,10 @@ def test_detector_run_resume_and_validate(po, data_dir):
     from training.validate import validate
 
     out = data_dir / "runs" / "det"
-    first = train("detector", _config("detector", epochs=1), po, out=out, track=False, log=lambda m: None)
+    # two batch-augmenting worker processes (the resumed run takes the setting from the checkpoint);
+    # they reopen the tile cache from its folder
+    config = _config("detector", epochs=1, loader_workers=2)
+    first = train("detector", config, po, out=out, track=False, log=lambda m: None)
     assert len(first.history) == 1
     resumed = train(
         "detector", _config("detector"), po, resume=out, epochs=2, track=False, log=lambda m: None

@@ -168,3 +168,40 @@ def test_augmentation_moves_ignored_boxes_with_the_crop(tmp_path):
     assert np.allclose(ib, [[54, 30, 64, 40]]) and if_.tolist() == [2]
     # the family of an ignored box stays ignored; a counted box keeps its family present
     assert labels.tolist() == [1, 0, IGNORE]
+
+
+def test_worker_processes_keep_the_batch_order_and_augment_each_batch_afresh(tmp_path):
+    import torch
+    import yaml
+
+    from datasets.augment import build_augment
+    from training.data import BatchFeeder
+
+    n = 6
+    cache = _cache([[0, 0, 0]] * n, [RANDOM] * n)
+    cache.crops = np.random.default_rng(0).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    # no folder: the workers get a pickled copy (a cache on disk is reopened: test_training.py)
+    prep = PrepSettings(work_long_side=64, tile_size=16, tile_overlap=0, input_size=16)
+    batches = [np.array([i % n, (i + 1) % n]) for i in range(8)]
+    plain = list(BatchFeeder(cache, None, prep, 0.5)(batches))
+    spawned = list(BatchFeeder(cache, None, prep, 0.5, workers=2)(batches))
+    assert len(spawned) == 8 and all(
+        np.array_equal(a.images, b.images) for a, b in zip(plain, spawned, strict=True)
+    )
+
+    path = tmp_path / "noise.yaml"
+    path.write_text(yaml.safe_dump({"transforms": [{"name": "GaussNoise", "params": {"p": 1.0}}]}))
+    same = [np.array([0, 0])] * 4
+
+    def two_epochs() -> list[np.ndarray]:
+        torch.manual_seed(0)
+        feed = BatchFeeder(cache, build_augment(path), prep, 0.5, workers=2)
+        return [b.images for b in feed(same)] + [b.images for b in feed(same)]
+
+    first = two_epochs()
+    # batches 0 and 1 come from the two workers: with one seed they would be augmented alike
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], first[4])  # the workers live on, their augmentation moves on
+    assert all(
+        np.array_equal(a, b) for a, b in zip(first, two_epochs(), strict=True)
+    )  # and a seeded run repeats

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data import TileCache, load_batch
+from training.data import BatchFeeder, TileCache, load_batch
 from training.engine import model_input, optimiser_step
 
 
@@ -32,12 +32,13 @@ def train_one_epoch(
     min_visible: float = 0.5,
     log=None,
     log_every: int = 20,
+    feed: BatchFeeder | None = None,
 ) -> dict[str, float]:
     """Train on ``batches`` (index arrays into the cache); returns mean loss and throughput."""
     model.train()
     total, seen, start = 0.0, 0, time.perf_counter()
-    for step, indices in enumerate(batches):
-        images, labels, *_ = load_batch(cache, indices, pipeline, prep, min_visible)
+    feed = feed or BatchFeeder(cache, pipeline, prep, min_visible)
+    for step, (indices, (images, labels, *_)) in enumerate(zip(batches, feed(batches), strict=True)):
         x = model_input(images, device)
         y = torch.from_numpy(labels).to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=scaler is not None):

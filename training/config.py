@@ -114,6 +114,12 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     num_threads: int = Field(2, ge=1, description="torch threads on the CPU")
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="processes that augment batches; null: 0 on the CPU (they would compete with torch's "
+        "threads for the cores), one per core up to 8 on CUDA (augmentation, not the GPU, bounds a step)",
+    )
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
     experiment: str | None = Field(None, description="MLflow experiment; default loupe-<task>")
 

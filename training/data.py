@@ -526,3 +526,96 @@ def load_batch(
     y = np.stack(labels).astype(np.float32)
     y[y == IGNORE] = -1.0
     return CropBatch(normalise(np.stack(images), prep), y, boxes, fams, subs, ign_boxes, ign_fams)
+
+
+@dataclass
+class _CropSource:
+    """``load_batch`` for one batch of cache indices: what a DataLoader worker process runs."""
+
+    cache: TileCache
+    pipeline: Any
+    prep: Any
+    min_visible: float
+
+    def __getitem__(self, indices: np.ndarray) -> CropBatch:
+        return load_batch(self.cache, indices, self.pipeline, self.prep, self.min_visible)
+
+    def __getstate__(self) -> dict:
+        # A spawned worker reopens the cache from its folder (a memmap) instead of receiving a copy.
+        state = dict(self.__dict__)
+        if self.cache.folder is not None:
+            state["cache"] = self.cache.folder
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["cache"], Path):
+            state["cache"] = load_tile_cache(state["cache"])
+        self.__dict__.update(state)
+
+
+class _EpochBatches:
+    """The loader's sampler: this epoch's index batches, replaced every epoch while the workers live on."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _as_is(batch: CropBatch) -> CropBatch:
+    return batch  # keep numpy: the loops move images to the device themselves
+
+
+def _seed_worker(_: int) -> None:
+    import cv2
+    import torch
+
+    cv2.setNumThreads(1)  # one core per worker; OpenCV would otherwise start a thread per core in each
+    source = torch.utils.data.get_worker_info().dataset
+    if source.pipeline is not None:
+        # Workers would otherwise share the pipeline's seed (or state): reseed each from its torch seed,
+        # which the DataLoader draws from the (seeded) main process.
+        source.pipeline.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class BatchFeeder:
+    """Augmented, normalised training batches, in order: ``feeder(batches)`` yields one per index batch.
+
+    Augmentation costs ~13 ms a crop on one core; beside a GPU step it is the whole step, so CUDA runs
+    spread it over ``workers`` processes. They are spawned, not forked: on the GPU machine, workers
+    forked after the cache was cut (OpenCV and OpenMP thread pools already running in the parent)
+    hung at the first batch. They persist across epochs and open the cache's memmap themselves.
+    """
+
+    def __init__(
+        self, cache: TileCache, pipeline: Any | None, prep: Any, min_visible: float, workers: int = 0
+    ) -> None:
+        self.source = _CropSource(cache, pipeline, prep, min_visible)
+        self._epoch = _EpochBatches()
+        self._loader = None
+        if workers > 0:
+            from torch.utils.data import DataLoader
+
+            self._loader = DataLoader(
+                self.source,
+                batch_size=None,
+                sampler=self._epoch,
+                num_workers=workers,
+                collate_fn=_as_is,
+                worker_init_fn=_seed_worker,
+                multiprocessing_context="spawn",
+                persistent_workers=True,
+                prefetch_factor=4,
+            )
+
+    def __call__(self, batches: list[np.ndarray]) -> Iterator[CropBatch]:
+        if self._loader is None:
+            for indices in batches:
+                yield self.source[indices]
+            return
+        self._epoch.batches = list(batches)
+        yield from self._loader

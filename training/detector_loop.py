@@ -16,7 +16,7 @@ import torch
 
 from datasets.taxonomy import CATEGORY_IDS
 from models.detector import decode_detections, detector_loss, encode_targets
-from training.data import CropBatch, TileCache, load_batch
+from training.data import BatchFeeder, CropBatch, TileCache, load_batch
 from training.engine import model_input, optimiser_step
 
 
@@ -47,12 +47,13 @@ def train_one_epoch(
     loss_weights: dict[str, float] | None = None,
     log=None,
     log_every: int = 20,
+    feed: BatchFeeder | None = None,
 ) -> dict[str, float]:
     """Train on ``batches``; returns mean total loss, mean loss parts and throughput."""
     model.train()
     total, seen, parts_sum, start = 0.0, 0, {}, time.perf_counter()
-    for step, indices in enumerate(batches):
-        batch = load_batch(cache, indices, pipeline, prep, min_visible)
+    feed = feed or BatchFeeder(cache, pipeline, prep, min_visible)
+    for step, (indices, batch) in enumerate(zip(batches, feed(batches), strict=True)):
         targets = _targets(model, batch)
         x = model_input(batch.images, device)
         with torch.autocast(device.type, enabled=scaler is not None):

@@ -87,6 +87,13 @@ def make_optimizer(model, lr: float, weight_decay: float):
     return torch.optim.AdamW(groups, lr=lr)
 
 
+def loader_workers(configured: int | None, device: Any) -> int:
+    """Batch-augmenting processes: as configured, else 0 on the CPU and one per spare core (≤ 8) on CUDA."""
+    if configured is not None:
+        return configured
+    return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
 def optimiser_step(loss, optimizer, scheduler, scaler=None) -> None:
     """Backward pass and one optimiser + scheduler step (loss scaled by AMP's scaler on CUDA)."""
     optimizer.zero_grad(set_to_none=True)
@@ -269,7 +276,7 @@ def train(
     from models.bundle import load_bundle
     from models.refs import resolve_model_ref
     from training import classifier_loop, detector_loop
-    from training.data import balanced_batches, build_tile_cache
+    from training.data import BatchFeeder, balanced_batches, build_tile_cache
 
     loop = classifier_loop if task == "classifier" else detector_loop
     ckpt = None
@@ -322,13 +329,16 @@ def train(
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
+    workers = loader_workers(config.loader_workers, device)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    log(f"device {device}{' with AMP' if use_amp else ''}, {workers} batch-augmenting workers")
     pipeline = None
     if config.augment:
         from datasets.augment import build_augment
 
         pipeline = build_augment(config.augment)
+    feed = BatchFeeder(train_cache, pipeline, prep, config.cache.min_visible, workers)
 
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     if ckpt is not None:
@@ -395,7 +405,7 @@ def train(
             kwargs = {"loss_weights": config.detector.loss_weights} if task == "detector" else {}
             stats = loop.train_one_epoch(
                 model, optimizer, scheduler, train_cache, batches, pipeline, prep, device, scaler,
-                config.cache.min_visible, log=log, **kwargs,
+                config.cache.min_visible, log=log, feed=feed, **kwargs,
             )  # fmt: skip
             val = loop.evaluate_crops(model, val_cache, prep, device, families)
             row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in stats.items()}, **val}

@@ -49,6 +49,7 @@ def _train(
     no_track: bool,
     threads: int | None = None,
     prep_from_recipe: bool = False,
+    workers: int | None = None,
 ) -> None:
     _passive_omp_threads()
     from configs import ConfigError
@@ -57,7 +58,8 @@ def _train(
     from training.config import load_train_config
     from training.engine import train
 
-    overrides = {k: v for k, v in {"device": device, "num_threads": threads}.items() if v is not None}
+    given = {"device": device, "num_threads": threads, "loader_workers": workers}
+    overrides = {k: v for k, v in given.items() if v is not None}
     try:
         cfg = load_train_config(config, task, overrides)
         result = train(
@@ -96,6 +98,9 @@ _OUT = typer.Option(None, "--out", help="run folder (default $LOUPE_DATA/runs/<t
 _DEVICE = typer.Option(None, "--device", help="auto, cpu or cuda (default: the recipe's)")
 _NO_TRACK = typer.Option(False, "--no-track", help="skip MLflow (no run, no registration)")
 _THREADS = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: the recipe's, 2)")
+_WORKERS = typer.Option(
+    None, "--workers", min=0, help="batch-augmenting processes (default: 0 on the CPU, ≤ 8 on CUDA)"
+)
 _PREP_FROM_RECIPE = typer.Option(
     False,
     "--prep-from-recipe",
@@ -120,10 +125,11 @@ def _register_train(task: str, summary: str) -> None:
         no_track: bool = _NO_TRACK,
         threads: int | None = _THREADS,
         prep_from_recipe: bool = _PREP_FROM_RECIPE,
+        workers: int | None = _WORKERS,
     ) -> None:
         _train(
             task, config, data, val_data, from_ref, epochs, register, champion, resume, out, device,
-            no_track, threads, prep_from_recipe,
+            no_track, threads, prep_from_recipe, workers,
         )  # fmt: skip
 
     command.__doc__ = summary
