@@ -16,6 +16,7 @@ from training.evaluate import (
     flat_metrics,
     photo_report,
     subtype_recall,
+    triage_outcome,
 )
 
 FAMS = ("stitching", "logo", "label")
@@ -103,6 +104,27 @@ def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():
     assert report["per_family"]["stitching"]["flagged"] == int(expected.sum())
     assert report["per_family"]["stitching"]["recall"] == expected[labels[:, 0]].mean()
     assert report["per_subtype"]["skipped_stitch"]["recall"] == expected.mean()
+
+
+def test_triage_outcome_counts_photos_flagged_for_any_family():
+    scores, labels = _case()
+    flag = {"stitching": 0.65, "logo": 0.5, "label": 0.5}
+    # defective photos 0, 2, 3, 5; photo 3 (stitching 0.6) reaches no threshold; good photo 1 does (0.8)
+    t = triage_outcome(scores, labels, flag, FAMS, review={"stitching": 0.55, "logo": 0.5, "label": 0.5})
+    assert (t["defective_photos"], t["good_photos"]) == (4, 2)
+    assert t["defective_flagged"] == pytest.approx(3 / 4) and t["good_flagged"] == pytest.approx(1 / 2)
+    assert t["good_passed"] == pytest.approx(1 / 2)  # photo 4: 0.5 / 0.2 / 0.2, under every review threshold
+    assert t["defective_passed"] == 0.0  # photo 3 reaches the stitching review threshold
+    lower = triage_outcome(scores, labels, flag, FAMS, review={"stitching": 0.45, "logo": 0.5, "label": 0.5})
+    assert lower["good_passed"] == 0.0
+    at_flag = triage_outcome(scores, labels, flag, FAMS, review=flag)
+    assert at_flag["defective_passed"] == pytest.approx(1 / 4)
+    assert at_flag["good_passed"] == pytest.approx(1 / 2)
+    assert "good_passed" not in triage_outcome(scores, labels, flag, FAMS)
+    report = photo_report(PhotoRun(list(FAMS), list(range(6)), scores, labels), {}, {
+        f: {"flag": v, "review": v} for f, v in flag.items()
+    })  # fmt: skip
+    assert report["triage"]["good_passed"] == 1 / 2 and report["flat"]["val/triage/good_flagged"] == 1 / 2
 
 
 def test_confusion_counts():

@@ -87,6 +87,7 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert run.data.tags["loupe.data_version"] == bundle.data_version
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
     assert "val/mean_auroc" in run.data.metrics or "val/stitching/average_precision" in run.data.metrics
+    assert {"val/triage/defective_flagged", "val/triage/good_flagged"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "plots", "evaluation"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -58,6 +58,14 @@ def model_card(
             f"{_fmt(m['average_precision'])} | {_fmt(t.get('flag'))} | {_fmt(t.get('review'))} | "
             f"{_fmt(m['recall'])} | {_fmt(m['false_flag_rate'])} |"
         )
+    t = report.get("triage")
+    if t and t["defective_photos"] and t["good_photos"]:
+        lines += [
+            "",
+            f"A photo is flagged when any family reaches its flag threshold: {_fmt(t['defective_flagged'])} "
+            f"of the {t['defective_photos']} photos with a defect and {_fmt(t['good_flagged'])} of the "
+            f"{t['good_photos']} good ones.",
+        ]
     if "map" in report:
         mp = report["map"]
         lines += [

@@ -352,18 +352,63 @@ def photo_report(
         probs = calibrate_scores(run.raw, calibration, run.families)
         flag = {f: thresholds.get(f, {}).get("flag", 0.5) for f in run.families}
     per_family = family_metrics(probs, run.labels, flag, run.families)
+    # Cross-fitting refits only the flag threshold: the review share is reported at the shipped ones.
+    review = None if cross_fit is not None else {
+        f: thresholds.get(f, {}).get("review", flag[f]) for f in run.families
+    }  # fmt: skip
+    outcome = triage_outcome(probs, run.labels, flag, run.families, review)
     report = {
         "photos": len(run.image_ids),
         "per_family": {f: m.as_dict() for f, m in per_family.items()},
         "per_subtype": subtype_recall(probs, run, flag),
         "confusion": confusion_by_family(probs, run.labels, flag, run.families),
-        "flat": flat_metrics(per_family, prefix="val"),
+        "triage": outcome,
+        "flat": {
+            **flat_metrics(per_family, prefix="val"),
+            **{f"val/triage/{k}": v for k, v in outcome.items() if isinstance(v, float)},
+        },
     }
     if gt is not None and run.detections is not None and gt.get("annotations"):
         m = detection_map(gt, run.detections)
         report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
         report["flat"].update(m.flat(prefix="val"))
     return report
+
+
+def triage_outcome(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    flag: dict[str, float | np.ndarray],
+    families: list[str],
+    review: dict[str, float] | None = None,
+) -> dict[str, int | float]:
+    """What photo-level triage makes of these photos, which is what spares a person paging through a PO.
+
+    A photo is flagged (verdict ``defect``) when any family reaches its flag threshold, and passes when
+    it is below every ``review`` threshold (nobody opens it). Shares of the photos with a defect of any
+    family and of the good photos; the pass shares need ``review``.
+    """
+
+    def reaches(thresholds: dict) -> np.ndarray:
+        t = [np.broadcast_to(np.asarray(thresholds[f], np.float64), (len(probs),)) for f in families]
+        return (probs >= np.stack(t, axis=1)).any(axis=1)
+
+    def share(x: np.ndarray) -> float:
+        return float(x.mean()) if len(x) else float("nan")
+
+    defective = np.asarray(labels, bool).any(axis=1)
+    flagged = reaches(flag)
+    out: dict[str, int | float] = {
+        "defective_photos": int(defective.sum()),
+        "good_photos": int((~defective).sum()),
+        "defective_flagged": share(flagged[defective]),
+        "good_flagged": share(flagged[~defective]),
+    }
+    if review is not None:
+        passed = ~reaches(review)
+        out["good_passed"] = share(passed[~defective])
+        out["defective_passed"] = share(passed[defective])  # the misses: nobody sees these
+    return out
 
 
 def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.ndarray]) -> dict[str, dict]:
@@ -406,6 +451,18 @@ def format_report(report: dict) -> str:
             f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{fmt(m['average_precision']):>8}"
             f"{m['threshold']:>8.3f}{fmt(m['recall']):>8}{fmt(m['false_flag_rate']):>12}"
         )
+    if report.get("triage"):
+        t = report["triage"]
+
+        def pct(v: float) -> str:
+            return "n/a" if math.isnan(v) else f"{100 * v:.0f} %"
+
+        for kind in ("defective", "good"):
+            passed = f", {pct(t[f'{kind}_passed'])} pass" if f"{kind}_passed" in t else ""
+            lines.append(
+                f"{t[f'{kind}_photos']} {'photos with a defect' if kind == 'defective' else 'good photos'}: "
+                f"{pct(t[f'{kind}_flagged'])} flagged{passed}"
+            )
     if report.get("per_subtype"):
         lines.append(f"{'subtype':<22}{'family':<10}{'photos':>7}{'recall':>8}{'median score':>14}")
         for sub, v in report["per_subtype"].items():
