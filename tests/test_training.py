@@ -148,7 +148,18 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_wise_ft_ships_the_average_of_the_starting_and_the_best_fine_tuned_weights(po, data_dir):
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+ON_CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not _cuda(), reason="needs a CUDA device"))
+
+
+# On CUDA too: the starting weights are read back on the CPU and averaged with the GPU-trained ones.
+@pytest.mark.parametrize("device", ["cpu", ON_CUDA])
+def test_wise_ft_ships_the_average_of_the_starting_and_the_best_fine_tuned_weights(po, data_dir, device):
     import torch
 
     from models.bundle import load_bundle
@@ -157,9 +168,11 @@ def test_wise_ft_ships_the_average_of_the_starting_and_the_best_fine_tuned_weigh
 
     quiet = {"track": False, "log": lambda m: None}
     # A barely trained start, so that the fine-tune's epochs beat it and there is something to average.
-    source = train("classifier", _config("classifier", epochs=1, lr=1e-6), po, out=data_dir / "s", **quiet)
+    source = train(
+        "classifier", _config("classifier", epochs=1, lr=1e-6, device=device), po, out=data_dir / "s", **quiet
+    )
     tuned = train(
-        "classifier", _config("classifier", wise_ft=0.25), po, from_ref=str(source.bundle_dir),
+        "classifier", _config("classifier", wise_ft=0.25, device=device), po, from_ref=str(source.bundle_dir),
         out=data_dir / "w", **quiet,
     )  # fmt: skip
     assert tuned.metrics["best_epoch"] >= 1
