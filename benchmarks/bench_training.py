@@ -49,7 +49,7 @@ def main() -> None:
     from datasets.augment import build_augment
     from training import classifier_loop, detector_loop
     from training.config import load_train_config
-    from training.data import balanced_batches
+    from training.data import BatchFeeder, balanced_batches
     from training.engine import build_for_training, make_optimizer, make_scheduler
 
     ap = argparse.ArgumentParser()
@@ -69,13 +69,10 @@ def main() -> None:
         sched = make_scheduler(opt, cfg.schedule, cfg.lr, 1000)
         pipeline = build_augment(cfg.augment) if cfg.augment else None
         batches = list(balanced_batches(cache, cfg.batch_size, cfg.positive_fraction, args.steps + 1, rng))
-        loop.train_one_epoch(
-            model, opt, sched, cache, batches[:1], pipeline, cfg.prep, torch.device("cpu")
-        )  # warm
+        feed = BatchFeeder(cache, pipeline, cfg.prep, cfg.cache.min_visible)
+        loop.train_one_epoch(model, opt, sched, feed, batches[:1], torch.device("cpu"))  # warm
         cpu0 = time.process_time()
-        stats = loop.train_one_epoch(
-            model, opt, sched, cache, batches[1:], pipeline, cfg.prep, torch.device("cpu")
-        )
+        stats = loop.train_one_epoch(model, opt, sched, feed, batches[1:], torch.device("cpu"))
         cpu_per_step = (time.process_time() - cpu0) / args.steps
         s_per_step = stats["seconds"] / args.steps
         steps_per_epoch = args.photos * args.positives_per_photo / (cfg.batch_size * cfg.positive_fraction)

@@ -7,7 +7,7 @@ the same way when it is validated and when it is used.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,6 +41,21 @@ class PhotoScores:
         if not passing:
             return self.tiles[self.best_tile[family]]
         return self.tiles[max(passing, key=lambda i: (self.tiles[i].scale, probs[i]))]
+
+
+Verdict = Literal["defect", "review", "pass"]
+
+
+def decide(
+    scores: dict[str, float], thresholds: dict[str, dict[str, float]], quality_verdict: str
+) -> Verdict:
+    """defect when a family reaches its flag threshold; review when one reaches its review threshold
+    or the photo is not fit to judge (a blurred photo that scores clean is not a clean unit)."""
+    if any(scores[f] >= t.get("flag", 0.5) for f, t in thresholds.items() if f in scores):
+        return "defect"
+    if any(scores[f] >= t.get("review", 0.5) for f, t in thresholds.items() if f in scores):
+        return "review"
+    return "review" if quality_verdict != "usable" else "pass"
 
 
 def _batched(batch: np.ndarray, fn, size: int = TILE_BATCH) -> list:

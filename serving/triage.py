@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Verdict = Literal["defect", "review", "pass"]
+from models.photo import Verdict, decide
 
 
 class TriageSettings(BaseModel):
@@ -75,18 +75,6 @@ class PhotoResult:
         if self.error is None:
             out.pop("error")
         return out
-
-
-def decide(
-    scores: dict[str, float], thresholds: dict[str, dict[str, float]], quality_verdict: str
-) -> Verdict:
-    """defect when a family reaches its flag threshold; review when one reaches its review threshold
-    or the photo is not fit to judge (a blurred photo that scores clean is not a clean unit)."""
-    if any(scores[f] >= t.get("flag", 0.5) for f, t in thresholds.items() if f in scores):
-        return "defect"
-    if any(scores[f] >= t.get("review", 0.5) for f, t in thresholds.items() if f in scores):
-        return "review"
-    return "review" if quality_verdict != "usable" else "pass"
 
 
 class Triage:

@@ -23,21 +23,17 @@ def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    cache: TileCache,
+    feed: BatchFeeder,
     batches: list[np.ndarray],
-    pipeline: Any,
-    prep: Any,
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
-    min_visible: float = 0.5,
     log=None,
     log_every: int = 20,
-    feed: BatchFeeder | None = None,
 ) -> dict[str, float]:
-    """Train on ``batches`` (index arrays into the cache); returns mean loss and throughput."""
+    """Train on ``batches`` (index arrays into the cache, augmented by ``feed``); returns mean loss
+    and throughput."""
     model.train()
     total, seen, start = 0.0, 0, time.perf_counter()
-    feed = feed or BatchFeeder(cache, pipeline, prep, min_visible)
     for step, (indices, (images, labels, *_)) in enumerate(zip(batches, feed(batches), strict=True)):
         x = model_input(images, device)
         y = torch.from_numpy(labels).to(device, non_blocking=True)

@@ -553,19 +553,6 @@ class _CropSource:
         self.__dict__.update(state)
 
 
-class _EpochBatches:
-    """The loader's sampler: this epoch's index batches, replaced every epoch while the workers live on."""
-
-    def __init__(self) -> None:
-        self.batches: list[np.ndarray] = []
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def _as_is(batch: CropBatch) -> CropBatch:
     return batch  # keep numpy: the loops move images to the device themselves
 
@@ -595,7 +582,7 @@ class BatchFeeder:
         self, cache: TileCache, pipeline: Any | None, prep: Any, min_visible: float, workers: int = 0
     ) -> None:
         self.source = _CropSource(cache, pipeline, prep, min_visible)
-        self._epoch = _EpochBatches()
+        self._epoch: list[np.ndarray] = []  # the loader's sampler: refilled each epoch, workers live on
         self._loader = None
         if workers > 0:
             from torch.utils.data import DataLoader
@@ -617,5 +604,5 @@ class BatchFeeder:
             for indices in batches:
                 yield self.source[indices]
             return
-        self._epoch.batches = list(batches)
+        self._epoch[:] = batches
         yield from self._loader

@@ -37,22 +37,18 @@ def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    cache: TileCache,
+    feed: BatchFeeder,
     batches: list[np.ndarray],
-    pipeline: Any,
-    prep: Any,
     device: torch.device,
     scaler: torch.amp.GradScaler | None = None,
-    min_visible: float = 0.5,
     loss_weights: dict[str, float] | None = None,
     log=None,
     log_every: int = 20,
-    feed: BatchFeeder | None = None,
 ) -> dict[str, float]:
-    """Train on ``batches``; returns mean total loss, mean loss parts and throughput."""
+    """Train on ``batches`` (augmented by ``feed``); returns mean total loss, mean loss parts and
+    throughput."""
     model.train()
     total, seen, parts_sum, start = 0.0, 0, {}, time.perf_counter()
-    feed = feed or BatchFeeder(cache, pipeline, prep, min_visible)
     for step, (indices, batch) in enumerate(zip(batches, feed(batches), strict=True)):
         targets = _targets(model, batch)
         x = model_input(batch.images, device)

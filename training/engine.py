@@ -404,9 +404,8 @@ def train(
             )
             kwargs = {"loss_weights": config.detector.loss_weights} if task == "detector" else {}
             stats = loop.train_one_epoch(
-                model, optimizer, scheduler, train_cache, batches, pipeline, prep, device, scaler,
-                config.cache.min_visible, log=log, feed=feed, **kwargs,
-            )  # fmt: skip
+                model, optimizer, scheduler, feed, batches, device, scaler, log=log, **kwargs
+            )
             val = loop.evaluate_crops(model, val_cache, prep, device, families)
             row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in stats.items()}, **val}
             history.append(row)

@@ -389,15 +389,27 @@ def triage_outcome(
     family and of the good photos; the pass shares need ``review``.
     """
 
-    def reaches(thresholds: dict) -> np.ndarray:
-        t = [np.broadcast_to(np.asarray(thresholds[f], np.float64), (len(probs),)) for f in families]
-        return (probs >= np.stack(t, axis=1)).any(axis=1)
+    from models.photo import decide  # serving's verdict rule, so the shares are what triage would do
+
+    def at(threshold: float | np.ndarray, i: int) -> float:
+        return float(np.broadcast_to(np.asarray(threshold, np.float64), (len(probs),))[i])
+
+    verdicts = np.array(
+        [
+            decide(
+                {f: float(probs[i, k]) for k, f in enumerate(families)},
+                {f: {"flag": at(flag[f], i), "review": at((review or flag)[f], i)} for f in families},
+                "usable",
+            )
+            for i in range(len(probs))
+        ]
+    )
 
     def share(x: np.ndarray) -> float:
         return float(x.mean()) if len(x) else float("nan")
 
     defective = np.asarray(labels, bool).any(axis=1)
-    flagged = reaches(flag)
+    flagged, passed = verdicts == "defect", verdicts == "pass"
     out: dict[str, int | float] = {
         "defective_photos": int(defective.sum()),
         "good_photos": int((~defective).sum()),
@@ -405,7 +417,6 @@ def triage_outcome(
         "good_flagged": share(flagged[~defective]),
     }
     if review is not None:
-        passed = ~reaches(review)
         out["good_passed"] = share(passed[~defective])
         out["defective_passed"] = share(passed[defective])  # the misses: nobody sees these
     return out
