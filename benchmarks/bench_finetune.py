@@ -1,10 +1,15 @@
 """Fine-tuning on a buyer's first few dozen labelled photos: does ``--from`` pay off?
 
 A buyer starts with 30–60 labelled photos of their own products, shot their own way. This benchmark
-makes such a set with a look the default model never trained on: a fixed inspection station, whose
-monochrome camera and macro lens (45–80 mm across the frame, so threads are 2–4x thicker in pixels
-than in any training photo) shoot seams and logos of shoes, balls and bags under a ring light
-(hot centre, dark corners, grain) — and compares, on held-out photos of the same look:
+makes such a set in one of two looks the default model never trained on (``--look``):
+
+  jersey   a new product: mesh sports jerseys (a knit pierced by rows of round holes, the lining
+           showing through), shot the generator's usual way. The default recipe's data has no mesh.
+  station  a new camera: a fixed inspection station whose monochrome camera and macro lens (45–80 mm
+           across the frame, so threads are 2–4x thicker in pixels than in any training photo) shoot
+           seams and logos of shoes, balls and bags under a ring light (hot centre, dark corners, grain)
+
+and compares, on held-out photos of the same look:
 
   default     the shipped default model as it is (the baseline every buyer starts from)
   scratch     the fine-tuning recipe from ImageNet weights, on the buyer photos only
@@ -17,7 +22,8 @@ against the default by 0.03 AUROC). The buyer set is synthetic (no real photos s
 treat it as a check that the fine-tuning path works and helps, not as a promise about a real buyer's
 photos.
 
-    .venv/bin/python benchmarks/bench_finetune.py [--train-photos 48] [--test-photos 240]
+    .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station] [--train-photos 48]
+                                                  [--test-photos 240]
 """
 
 from __future__ import annotations
@@ -27,44 +33,14 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "finetune"
-LOOK = "station"  # cache folders are per look: change it when the look changes
-# Framing and products the default recipe's data does not have: macro close-ups only.
-BUYER_SYNTH = {
-    "closeup_rate": 1.0,
-    "closeup_fov_mm": (45, 80),
-    "defect_rate": 0.7,
-    "family_mix": {"stitching": 0.65, "logo": 0.35, "label": 0.0},
-    # A monochrome camera cannot show a wrong colour: that subtype is left out for every arm.
-    "subtype_mix": {
-        s: 1.0
-        for s in (
-            "skipped_stitch",
-            "broken_thread",
-            "uneven_stitch_length",
-            "open_seam",
-            "puckering",
-            "wavy_seam",
-            "offset_logo",
-            "smudged_print",
-            "partly_missing_print",
-            "missing_logo",
-        )
-    },
-    "milestone_mix": {"IPC": 1, "DUPRO": 1, "PSI": 1, "CLI": 0},
-    "product_mix": {
-        "IPC": {"shoe": 1, "ball": 1, "bag": 1},
-        "DUPRO": {"shoe": 1, "ball": 1, "bag": 1},
-        "PSI": {"shoe": 1, "ball": 1, "bag": 1},
-        "CLI": {"shoe": 1},
-    },
-    "size_mix": [{"size": "1600x1200", "weight": 1.0}],
-}
 
 
 def buyer_camera(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -81,7 +57,56 @@ def buyer_camera(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(out, cv2.COLOR_GRAY2RGB)
 
 
-def make_buyer_set(folder: Path, photos: int, seed: int) -> Path:
+@dataclass(frozen=True)
+class Look:
+    """A buyer's photos: generator settings over the defaults, and a camera applied after rendering."""
+
+    synth: dict
+    camera: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
+
+
+_ALL_MILESTONES = ("IPC", "DUPRO", "PSI", "CLI")
+LOOKS = {
+    # The product the default's data never has (datasets/synth: "jersey", on "mesh"), all families.
+    "jersey": Look(
+        synth={
+            "product_mix": {m: {"jersey": 1} for m in _ALL_MILESTONES},
+            "size_mix": [{"size": "2000x1500", "weight": 1.0}],
+        }
+    ),
+    # Framing and products the default recipe's data does not have: macro close-ups only.
+    "station": Look(
+        synth={
+            "closeup_rate": 1.0,
+            "closeup_fov_mm": (45, 80),
+            "defect_rate": 0.7,
+            "family_mix": {"stitching": 0.65, "logo": 0.35, "label": 0.0},
+            # A monochrome camera cannot show a wrong colour: that subtype is left out for every arm.
+            "subtype_mix": {
+                s: 1.0
+                for s in (
+                    "skipped_stitch",
+                    "broken_thread",
+                    "uneven_stitch_length",
+                    "open_seam",
+                    "puckering",
+                    "wavy_seam",
+                    "offset_logo",
+                    "smudged_print",
+                    "partly_missing_print",
+                    "missing_logo",
+                )
+            },
+            "milestone_mix": {"IPC": 1, "DUPRO": 1, "PSI": 1, "CLI": 0},
+            "product_mix": {m: {"shoe": 1, "ball": 1, "bag": 1} for m in _ALL_MILESTONES},
+            "size_mix": [{"size": "1600x1200", "weight": 1.0}],
+        },
+        camera=buyer_camera,
+    ),
+}
+
+
+def make_buyer_set(folder: Path, look: Look, photos: int, seed: int) -> Path:
     """Generate photos in the buyer's look (cached): boxes stay valid, only pixel values change."""
     from datasets.synth import generate_po
     from datasets.synth.config import SynthConfig
@@ -90,13 +115,14 @@ def make_buyer_set(folder: Path, photos: int, seed: int) -> Path:
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    config = SynthConfig.model_validate({**SynthConfig().model_dump(), **BUYER_SYNTH})
-    generate_po(tmp, photos=photos, seed=seed, config=config, workers=1)
-    rng = np.random.default_rng(seed)
-    for path in sorted((tmp / "images").glob("*.jpg")):
-        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        out = cv2.cvtColor(buyer_camera(rgb, rng), cv2.COLOR_RGB2BGR)
-        cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    config = SynthConfig.model_validate({**SynthConfig().model_dump(), **look.synth})
+    generate_po(tmp, photos=photos, seed=seed, config=config, workers=2)
+    if look.camera is not None:
+        rng = np.random.default_rng(seed)
+        for path in sorted((tmp / "images").glob("*.jpg")):
+            rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+            out = cv2.cvtColor(look.camera(rgb, rng), cv2.COLOR_RGB2BGR)
+            cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 85])
     tmp.rename(folder)
     return folder
 
@@ -175,6 +201,7 @@ def fmt(v: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--look", choices=sorted(LOOKS), default="jersey", help="the buyer's photos")
     parser.add_argument("--train-photos", type=int, default=48)
     parser.add_argument("--test-photos", type=int, default=240)
     parser.add_argument("--bootstrap", type=int, default=1000, help="resampling rounds for the intervals")
@@ -182,12 +209,15 @@ def main() -> None:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    buyer_train = make_buyer_set(CACHE / f"{LOOK}-train-{args.train_photos}", args.train_photos, seed=501)
-    buyer_test = make_buyer_set(CACHE / f"{LOOK}-test-{args.test_photos}", args.test_photos, seed=502)
+    look = LOOKS[args.look]
+    buyer_train = make_buyer_set(
+        CACHE / f"{args.look}-train-{args.train_photos}", look, args.train_photos, 501
+    )
+    buyer_test = make_buyer_set(CACHE / f"{args.look}-test-{args.test_photos}", look, args.test_photos, 502)
     print(f"buyer photos ready in {time.perf_counter() - started:.0f} s: {buyer_train}, {buyer_test}")
 
-    scratch, t_scratch = train(None, buyer_train, CACHE / "run-scratch", args.base)
-    tuned, t_tuned = train(args.base, buyer_train, CACHE / "run-finetune", args.base)
+    scratch, t_scratch = train(None, buyer_train, CACHE / f"{args.look}-run-scratch", args.base)
+    tuned, t_tuned = train(args.base, buyer_train, CACHE / f"{args.look}-run-finetune", args.base)
     print(f"training on {args.train_photos} photos: scratch {t_scratch:.0f} s, fine-tune {t_tuned:.0f} s")
 
     arms = {"default": args.base, "scratch": scratch, "fine-tune": tuned}
@@ -195,7 +225,7 @@ def main() -> None:
     labels, families = scored["default"][1], scored["default"][2]
     columns = [i for i in range(len(families)) if 0 < labels[:, i].sum() < len(labels)]
     figures = {name: family_figures(raw, labels, families, columns) for name, (raw, *_) in scored.items()}
-    print(f"\nheld-out buyer photos: {len(labels)}")
+    print(f"\nheld-out buyer photos ({args.look} look): {len(labels)}")
     print(f"{'family':<10}{'pos':>5}" + "".join(f"{n + ' AUROC':>17}{n + ' AP':>14}" for n in arms))
     for j, i in enumerate(columns):
         row = f"{families[i]:<10}{int(labels[:, i].sum()):>5}"
@@ -220,7 +250,9 @@ def main() -> None:
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()
     }
-    (CACHE / "results.json").write_text(json.dumps({"figures": results, "differences": summary}, indent=2))
+    (CACHE / f"{args.look}-results.json").write_text(
+        json.dumps({"figures": results, "differences": summary}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -71,3 +71,14 @@ def freeze_stages(net: nn.Module, stages: int) -> list[nn.Module]:
 def keep_frozen_in_eval(frozen: list[nn.Module]) -> None:
     for part in frozen:
         part.eval()
+
+
+def keep_batchnorm_in_eval(net: nn.Module) -> None:
+    """Every batch-norm layer normalises with its stored statistics and does not update them.
+
+    For fine-tuning on a few dozen photos: their balanced, augmented batches estimate the statistics
+    worse than the thousands the model was trained on; the affine weights still learn.
+    """
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbone import create_backbone, freeze_stages, keep_frozen_in_eval
+from models.backbone import create_backbone, freeze_stages, keep_batchnorm_in_eval, keep_frozen_in_eval
 from models.registry import register
 
 
@@ -29,6 +29,7 @@ class TileClassifier(nn.Module):
         num_classes: int = 3,
         freeze_stages: int = 0,
         dropout: float = 0.2,
+        frozen_bn: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -38,6 +39,7 @@ class TileClassifier(nn.Module):
         self.net = create_backbone(backbone, pretrained, num_classes=num_classes, drop_rate=dropout)
         frozen = _freeze(self.net, freeze_stages)
         self._frozen = frozen
+        self.frozen_bn = frozen_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -46,6 +48,8 @@ class TileClassifier(nn.Module):
         super().train(mode)
         if mode:
             keep_frozen_in_eval(self._frozen)
+            if self.frozen_bn:
+                keep_batchnorm_in_eval(self)
         return self
 
 

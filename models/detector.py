@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import create_backbone, freeze_stages, keep_frozen_in_eval
+from models.backbone import create_backbone, freeze_stages, keep_batchnorm_in_eval, keep_frozen_in_eval
 from models.decode import OUTPUT_NAMES, Detections, as_hw, decode_detections, map_size
 from models.registry import register
 
@@ -78,6 +78,7 @@ class TileDetector(nn.Module):
         stride: int = 8,
         channels: int = 64,
         freeze_stages: int = 0,
+        frozen_bn: bool = False,
     ) -> None:
         super().__init__()
         if stride not in (4, 8):
@@ -101,6 +102,7 @@ class TileDetector(nn.Module):
         self.offset = _head(channels, 2)
         self.subtype = _head(channels, num_subtypes) if num_subtypes else None
         self._frozen = _freeze(self.backbone, freeze_stages) if freeze_stages else []
+        self.frozen_bn = frozen_bn
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
@@ -118,6 +120,8 @@ class TileDetector(nn.Module):
         super().train(mode)
         if mode:
             keep_frozen_in_eval(self._frozen)
+            if self.frozen_bn:
+                keep_batchnorm_in_eval(self)
         return self
 
 

@@ -147,6 +147,26 @@ def test_freeze_stages_freezes_stem_and_early_stages_and_keeps_their_batchnorm_s
         build_model("tile_classifier", pretrained="none", freeze_stages=9)
 
 
+@pytest.mark.parametrize("arch", ["tile_classifier", "tile_detector"])
+def test_frozen_bn_keeps_every_batchnorm_statistic_while_its_weights_learn(arch):
+    model = build_model(arch, pretrained="none", frozen_bn=True).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert all(m.weight.requires_grad for m in norms)
+    before = [m.running_var.clone() for m in norms]
+    out = model(torch.randn(2, 3, 64, 64) * 3)
+    loss = out.sum() if arch == "tile_classifier" else out["heatmap"].sum()
+    loss.backward()
+    assert all(torch.equal(m.running_var, b) for m, b in zip(norms, before, strict=True))
+    assert any(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in norms)
+    # Without it, a training step moves the statistics (the test above would fail).
+    plain = build_model(arch, pretrained="none").train()
+    first = next(m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    start = first.running_var.clone()
+    plain(torch.randn(2, 3, 64, 64) * 3)
+    assert not torch.equal(first.running_var, start)
+
+
 def test_model_recipes_in_configs_build():
     for name, cls in (("model_classifier", "TileClassifier"), ("model_detector", "TileDetector")):
         spec = load_model_spec(name, overrides={"pretrained": "none"})

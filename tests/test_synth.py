@@ -13,6 +13,7 @@ import zxingcpp
 from configs import ConfigError
 from datasets.synth import SynthConfig, generate_po, load_synth_config, plan_photo, render_photo
 from datasets.synth.barcode import check_digit, make_ean13, modules
+from datasets.synth.textures import material
 from datasets.taxonomy import CATEGORY_IDS, FAMILIES, SUBTYPES, coco_categories
 
 SIZE = (1280, 960)
@@ -104,6 +105,36 @@ def test_thread_scale_is_true_to_millimetres():
         (2000, 1500),
     )
     assert 500 <= 2000 / whole.ppm <= 800  # a whole garment: 50-80 cm across
+
+
+def test_jersey_is_a_mesh_product_that_no_default_mix_shoots():
+    # bench_finetune's new product: the default recipe must never have seen it.
+    assert all("jersey" not in mix for mix in load_synth_config().product_mix.values())
+    config = SynthConfig(product_mix={m: {"jersey": 1} for m in ("IPC", "DUPRO", "PSI", "CLI")})
+    plans = [plan_photo(8, i, config, (1280, 960)) for i in range(8)]
+    assert {p.product for p in plans} == {"jersey"}
+    assert {r["material"] for p in plans for r in p.regions} == {"mesh"}
+
+
+def test_mesh_holes_are_true_to_millimetres():
+    ppm = 12.0  # px per mm: a close-up of 2000 px across 167 mm
+    lum = material("mesh", 3, 480, 480, ppm, (0.8, 0.8, 0.8)).mean(axis=2)
+    # Along a row of holes the brightness repeats once per hole pitch (1.6 mm, drawn within -15/+20 %).
+    row = lum - lum.mean()
+    spectrum = np.abs(np.fft.rfft(row, axis=1)).mean(axis=0)
+    period_mm = 480 / int(np.argmax(spectrum[2:]) + 2) / ppm
+    assert 1.6 * 0.8 <= period_mm <= 1.6 * 1.25
+    assert lum.min() < 0.6 * np.median(lum)  # the holes are dark: the lining shows through
+
+
+def test_a_family_no_milestone_product_carries_falls_back_to_products_the_po_shoots():
+    config = SynthConfig(
+        family_mix={"stitching": 1.0, "logo": 0.0, "label": 0.0},
+        defect_rate=1.0,
+        milestone_mix={"CLI": 1},
+        product_mix={"CLI": {"carton": 1}, "IPC": {"shoe": 1}},
+    )
+    assert {plan_photo(2, i, config, (1280, 960)).product for i in range(6)} == {"shoe"}
 
 
 def test_good_label_barcodes_decode_to_the_recorded_number():

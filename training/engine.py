@@ -213,8 +213,9 @@ def build_for_training(
         if from_bundle.task != task:
             raise ValueError(f"--from {from_bundle.folder}: is a {from_bundle.task}, not a {task}")
         kwargs = dict(from_bundle.arch_kwargs)
-        if "freeze_stages" in config.model.kwargs:
-            kwargs["freeze_stages"] = config.model.kwargs["freeze_stages"]
+        for key in ("freeze_stages", "frozen_bn"):  # how to train, from the recipe; the rest is the model's
+            if key in config.model.kwargs:
+                kwargs[key] = config.model.kwargs[key]
         model = build_model(from_bundle.arch, **{**kwargs, "pretrained": "none"})
         model.load_state_dict(read_state_dict(from_bundle.weights_path), strict=True)
         return to_channels_last(model.to(device)), kwargs, list(from_bundle.families)

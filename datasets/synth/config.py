@@ -7,7 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from datasets.taxonomy import FAMILIES, SUBTYPE_FAMILY
 
 MILESTONES = ("IPC", "DUPRO", "PSI", "CLI")
-PRODUCTS = ("garment_panel", "tshirt", "bag", "shoe", "ball", "carton", "retail_box")
+# "jersey" (a mesh sports jersey) is in no default mix: it is the new product of bench_finetune.py.
+PRODUCTS = ("garment_panel", "tshirt", "bag", "shoe", "ball", "carton", "retail_box", "jersey")
 SETTINGS = ("table", "floor", "hand")
 
 # Which defect families each product can carry (a carton has no seams or logo print in this generator).
@@ -19,6 +20,7 @@ PRODUCT_FAMILIES: dict[str, tuple[str, ...]] = {
     "ball": ("stitching", "logo"),
     "carton": ("label",),
     "retail_box": ("logo", "label"),
+    "jersey": ("stitching", "logo", "label"),
 }
 
 

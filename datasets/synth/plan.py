@@ -24,6 +24,7 @@ WHOLE_FOV = {
     "ball": (280, 380),
     "carton": (650, 950),
     "retail_box": (300, 420),
+    "jersey": (550, 750),
 }
 
 FABRICS = {
@@ -34,6 +35,7 @@ FABRICS = {
     "ball": ("leather",),
     "carton": ("cardboard",),
     "retail_box": ("paper",),
+    "jersey": ("mesh",),
 }
 GARMENT_COLOURS = (
     (0.12, 0.16, 0.3),
@@ -129,8 +131,10 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     products = dict(config.product_mix.get(milestone, {}))
     if families:
         fit = {p: w for p, w in products.items() if families[0] in PRODUCT_FAMILIES[p]}
-        if not fit:  # this milestone shoots nothing that carries the family: take any product that does
-            fit = {p: 1.0 for p in PRODUCT_FAMILIES if families[0] in PRODUCT_FAMILIES[p]}
+        if not fit:  # this milestone shoots nothing that carries the family: take another milestone's
+            shot_at = {p: 1.0 for mix in config.product_mix.values() for p in mix}
+            fit = {p: 1.0 for p in shot_at if families[0] in PRODUCT_FAMILIES[p]}
+            fit = fit or {p: 1.0 for p in PRODUCT_FAMILIES if families[0] in PRODUCT_FAMILIES[p]}
         products = fit
     product = _pick(rng, products)
     # Further defects fall on what this product carries (a carton has no seams to open).
@@ -579,6 +583,8 @@ class Scene:
         )
         if rng.random() < 0.8:
             self.label("brand", cx - bw / 2 + 40 + rng.uniform(0, 40), bot - 32, 0.0)
+
+    _jersey = _tshirt  # a T-shirt's cut and seams, on mesh
 
     def _bag(self):
         rng, wm, hm = self.rng, self.wm, self.hm

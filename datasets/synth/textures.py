@@ -173,6 +173,29 @@ def knit(rng, h, w, ppm, colour, wale_mm=0.9) -> np.ndarray:
     return _colourise(lum.astype(F32), colour, rng)
 
 
+def mesh(rng, h, w, ppm, colour, pitch_mm=1.6) -> np.ndarray:
+    """Sports mesh (jerseys, shoe uppers): a knit ground pierced by round holes in staggered rows; the
+    holes show the darker lining. A product the default recipe never shoots (benchmarks/bench_finetune)."""
+    ppx = pitch_mm * rng.uniform(0.85, 1.2) * ppm
+    if ppx < 3.0:  # holes under 3 px: a darker, grainier knit
+        lum = 0.8 + 0.06 * white_noise(rng, h, w) + 0.04 * smooth_noise(rng, h, w, max(ppx, 1.5))
+    else:
+        fx, fy, _, _ = _tile_grid(ppx, ppx * 0.866, 2)  # hexagonal packing: rows 0.866 of the pitch apart
+        row = np.floor(fy)
+        rx = fx + F32(0.5) * (row % 2) - np.floor(fx + F32(0.5) * (row % 2)) - F32(0.5)
+        ry = (fy - row - F32(0.5)) * F32(0.866)
+        r = np.sqrt(rx * rx + ry * ry)
+        hole_r = F32(rng.uniform(0.22, 0.32))
+        hole = np.clip((hole_r - r) / F32(0.06), 0, 1)
+        rim = np.exp(-(((r - hole_r - F32(0.05)) / F32(0.05)) ** 2))
+        ground = F32(0.9) + F32(0.05) * np.cos(F32(2 * np.pi * 3) * fx)  # fine knit ribs between holes
+        tile = (ground + F32(0.06) * rim) * (F32(1.0) - F32(0.6) * hole)
+        lum = _lay_tile(rng, tile.astype(F32), h, w, 0.15 * ppx, 20 * ppx)
+        lum += F32(0.02) * white_noise(rng, h, w)
+    lum *= F32(1.0) + F32(0.04) * fbm(rng, h, w, 30 * ppm, 2)
+    return _colourise(lum.astype(F32), colour, rng)
+
+
 def leather(rng, h, w, ppm, colour) -> np.ndarray:
     """Grain leather: a net of fine creases and pores over a mottled base."""
     crease_n = fbm(rng, h, w, 0.9 * ppm, 2)
@@ -241,6 +264,7 @@ MATERIALS = {
     "twill": lambda rng, h, w, ppm, colour: woven(rng, h, w, ppm, colour, 0.45, True),
     "canvas": lambda rng, h, w, ppm, colour: woven(rng, h, w, ppm, colour, 0.8, False),
     "knit": knit,
+    "mesh": mesh,
     "leather": leather,
     "rubber": rubber,
     "cardboard": cardboard,
