@@ -159,7 +159,7 @@ def test_frozen_bn_keeps_every_batchnorm_statistic_while_its_weights_learn(arch)
     loss.backward()
     assert all(torch.equal(m.running_var, b) for m, b in zip(norms, before, strict=True))
     assert any(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in norms)
-    # Without it, a training step moves the statistics (the test above would fail).
+    # Without frozen_bn, the same step moves the statistics.
     plain = build_model(arch, pretrained="none").train()
     first = next(m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d))
     start = first.running_var.clone()

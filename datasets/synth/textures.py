@@ -177,7 +177,7 @@ def mesh(rng, h, w, ppm, colour, pitch_mm=1.6) -> np.ndarray:
     """Sports mesh (jerseys, shoe uppers): a knit ground pierced by round holes in staggered rows; the
     holes show the darker lining. A product the default recipe never shoots (benchmarks/bench_finetune)."""
     ppx = pitch_mm * rng.uniform(0.85, 1.2) * ppm
-    if ppx < 3.0:  # holes under 3 px: a darker, grainier knit
+    if ppx < 3.0:  # holes closer than 3 px: a darker, grainier knit
         lum = 0.8 + 0.06 * white_noise(rng, h, w) + 0.04 * smooth_noise(rng, h, w, max(ppx, 1.5))
     else:
         fx, fy, _, _ = _tile_grid(ppx, ppx * 0.866, 2)  # hexagonal packing: rows 0.866 of the pitch apart
