@@ -40,6 +40,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from datasets.synth.config import MILESTONES
+
 CACHE = Path(__file__).resolve().parent / ".cache" / "finetune"
 
 
@@ -65,12 +67,11 @@ class Look:
     camera: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None
 
 
-_ALL_MILESTONES = ("IPC", "DUPRO", "PSI", "CLI")
 LOOKS = {
     # The product the default's data never has (datasets/synth: "jersey", on "mesh"), all families.
     "jersey": Look(
         synth={
-            "product_mix": {m: {"jersey": 1} for m in _ALL_MILESTONES},
+            "product_mix": {m: {"jersey": 1} for m in MILESTONES},
             "size_mix": [{"size": "2000x1500", "weight": 1.0}],
         }
     ),
@@ -98,7 +99,7 @@ LOOKS = {
                 )
             },
             "milestone_mix": {"IPC": 1, "DUPRO": 1, "PSI": 1, "CLI": 0},
-            "product_mix": {m: {"shoe": 1, "ball": 1, "bag": 1} for m in _ALL_MILESTONES},
+            "product_mix": {m: {"shoe": 1, "ball": 1, "bag": 1} for m in MILESTONES},
             "size_mix": [{"size": "1600x1200", "weight": 1.0}],
         },
         camera=buyer_camera,
