@@ -73,6 +73,7 @@ LOOKS = {
         synth={
             "product_mix": {m: {"jersey": 1} for m in MILESTONES},
             "size_mix": [{"size": "2000x1500", "weight": 1.0}],
+            "style_seed": 11,  # one team's jersey: one colourway and crest across the PO
         }
     ),
     # Framing and products the default recipe's data does not have: macro close-ups only.

@@ -116,6 +116,31 @@ def test_jersey_is_a_mesh_product_that_no_default_mix_shoots():
     assert {r["material"] for p in plans for r in p.regions} == {"mesh"}
 
 
+def test_a_style_seed_gives_every_photo_of_the_po_one_colourway_and_logo_artwork():
+    mix = {m: {"jersey": 1} for m in ("IPC", "DUPRO", "PSI", "CLI")}
+    artwork = ("brand", "emblem", "font", "style", "colours")
+
+    def looks(config: SynthConfig) -> tuple[set, set]:
+        plans = [plan_photo(8, i, config, (1280, 960)) for i in range(24)]
+        logos = [p for plan in plans for p in plan.parts if p["kind"] == "logo"]
+        garments = {tuple(r["colour"]) for plan in plans for r in plan.regions if r["material"] == "mesh"}
+        return {tuple(str(lg[k]) for k in artwork) for lg in logos}, garments
+
+    logos, garments = looks(SynthConfig(product_mix=mix, style_seed=11))
+    assert len(logos) == 1 and len(garments) == 1  # one team's jersey across the PO
+    other, garments = looks(SynthConfig(product_mix=mix))
+    assert len(other) > 5 and len(garments) > 5  # without it each photo draws its own
+    # a wrong colour is wrong against the PO's artwork: inks other than the style's
+    config = SynthConfig(
+        product_mix=mix, style_seed=11, family_mix={"logo": 1.0}, subtype_mix={"wrong_colour": 1.0}
+    )
+    plans = [plan_photo(9, i, config, (1280, 960)) for i in range(12)]
+    wrong = [(d, p.parts[d["part"]]) for p in plans for d in p.defects if d["subtype"] == "wrong_colour"]
+    (style,) = logos
+    assert wrong and all(str(part["colours"]) == style[-1] for _, part in wrong)
+    assert all(d["colours"] != part["colours"] for d, part in wrong)
+
+
 def test_mesh_holes_are_true_to_millimetres():
     ppm = 12.0  # px per mm: a close-up of 2000 px across 167 mm
     lum = material("mesh", 3, 480, 480, ppm, (0.8, 0.8, 0.8)).mean(axis=2)

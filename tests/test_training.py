@@ -148,6 +148,23 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po, data_dir):
+    import torch
+
+    from models.bundle import load_bundle
+    from models.pretrained import read_state_dict
+    from training.engine import train
+
+    def weights(name: str, seed: int) -> dict:
+        config = _config("classifier", epochs=1, augment="augment_finetune", seed=seed)
+        result = train("classifier", config, po, out=data_dir / name, track=False, log=lambda m: None)
+        return read_state_dict(load_bundle(result.bundle_dir).weights_path)
+
+    first, again, other = weights("a", 0), weights("b", 0), weights("c", 1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def _cuda() -> bool:
     import torch
 

@@ -99,6 +99,13 @@ class SynthConfig(BaseModel):
         SizeWeight(size="4000x3000", weight=0.2),
     ]
     conditions: Conditions = Conditions()
+    style_seed: int | None = Field(
+        None,
+        description="one style for the whole PO, as a buyer's order has: every photo's material, "
+        "colourway, thread and logo artwork (brand, emblem, font, print or embroidery, inks) are drawn "
+        "from this seed, so a wrong colour is wrong against the PO's artwork; None (training data for a "
+        "general model) draws them per photo",
+    )
 
     @field_validator("family_mix")
     @classmethod

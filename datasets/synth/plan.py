@@ -147,7 +147,8 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     long_mm = rng.uniform(*(config.closeup_fov_mm if shot == "closeup" else WHOLE_FOV[product]))
     ppm = max(width, height) / long_mm
     wm, hm = width / ppm, height / ppm
-    scene = Scene(rng, product, shot, wm, hm, families)
+    style = None if config.style_seed is None else np.random.default_rng(config.style_seed)
+    scene = Scene(rng, product, shot, wm, hm, families, style)
     regions, parts = scene.build()
     defects = _plan_defects(rng, config, families, parts, shot, wm, hm)
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
@@ -214,25 +215,29 @@ def _plan_conditions(rng, config: SynthConfig, width: int) -> dict:
 class Scene:
     """Lays out one product (regions with materials) and the parts that carry defects, in canvas mm."""
 
-    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, families: list[str]):
+    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, families: list[str], style=None):
         self.rng, self.product, self.shot, self.wm, self.hm = rng, product, shot, wm, hm
+        # The style's choices (material, colourway, thread, logo artwork) come from ``style`` when the
+        # PO has one (SynthConfig.style_seed), from the photo's own draws otherwise.
+        self.style = style if style is not None else rng
+        srng = self.style
         self.focus = families[0] if families else None
         self.extras = list(families[1:])
         self.regions: list[dict] = []
         self.parts: list[dict] = []
-        self.material = str(rng.choice(FABRICS[product]))
+        self.material = str(srng.choice(FABRICS[product]))
         if product == "carton":
-            self.colour = _colour(rng, ((0.72, 0.56, 0.38), (0.78, 0.64, 0.46)), 0.03)
+            self.colour = _colour(srng, ((0.72, 0.56, 0.38), (0.78, 0.64, 0.46)), 0.03)
         elif product == "retail_box":
-            self.colour = _colour(rng, (*GARMENT_COLOURS, (0.95, 0.95, 0.93)))
+            self.colour = _colour(srng, (*GARMENT_COLOURS, (0.95, 0.95, 0.93)))
         else:
-            self.colour = _colour(rng, GARMENT_COLOURS)
+            self.colour = _colour(srng, GARMENT_COLOURS)
         dark = float(np.mean(self.colour)) < 0.45
-        tonal = rng.random() < 0.45  # tonal thread: low contrast, the hard case
+        tonal = srng.random() < 0.45  # tonal thread: low contrast, the hard case
         self.thread = (
-            tuple(float(v) for v in np.clip(np.asarray(self.colour) * rng.uniform(0.75, 1.3), 0, 1))
+            tuple(float(v) for v in np.clip(np.asarray(self.colour) * srng.uniform(0.75, 1.3), 0, 1))
             if tonal
-            else _colour(rng, THREADS[:1] if dark else THREADS[1:], 0.03)
+            else _colour(srng, THREADS[:1] if dark else THREADS[1:], 0.03)
         )
 
     # -- parts -------------------------------------------------------------------------------------
@@ -258,13 +263,13 @@ class Scene:
         return s
 
     def logo(self, x, y, w, style=None, angle=0.0) -> dict:
-        rng = self.rng
-        brand = str(rng.choice(BRANDS))
-        emblem = str(rng.choice(EMBLEMS))
-        h = w * rng.uniform(0.28, 0.4) if emblem == "none" else w * rng.uniform(0.3, 0.45)
-        style = style or ("embroidery" if rng.random() < 0.3 else "print")
-        c1 = _colour(rng, INKS, 0.02)
-        c2 = c1 if rng.random() < 0.5 else _colour(rng, INKS, 0.02)
+        rng, srng = self.rng, self.style
+        brand = str(srng.choice(BRANDS))
+        emblem = str(srng.choice(EMBLEMS))
+        h = w * srng.uniform(0.28, 0.4) if emblem == "none" else w * srng.uniform(0.3, 0.45)
+        style = style or ("embroidery" if srng.random() < 0.3 else "print")
+        c1 = _colour(srng, INKS, 0.02)
+        c2 = c1 if srng.random() < 0.5 else _colour(srng, INKS, 0.02)
         lg = {
             "kind": "logo",
             "x": float(x),
@@ -274,7 +279,7 @@ class Scene:
             "angle": float(angle),
             "brand": brand,
             "emblem": emblem,
-            "font": int(rng.integers(0, 4)),
+            "font": int(srng.integers(0, 4)),
             "style": style,
             "colours": [c1, c2],
             "seed": _seed(rng),
