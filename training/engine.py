@@ -359,7 +359,7 @@ def train(
         start_epoch, best_score, best_epoch = ckpt["epoch"] + 1, ckpt["best_score"], ckpt["best_epoch"]
         history = ckpt["history"]
     if pipeline is not None:
-        # albumentations draws from its own generator, which the seeds above do not reach: unseeded,
+        # albumentations draws from its own generator, which seed_everything does not reach: unseeded,
         # two runs of one recipe on the CPU (augmenting in this process) trained different models.
         pipeline.set_random_seed(config.seed + 7919 * start_epoch)
 
