@@ -3,8 +3,9 @@
 A buyer starts with 30–60 labelled photos of their own products, shot their own way. This benchmark
 makes such a set in one of two looks the default model never trained on (``--look``):
 
-  jersey   a new product: mesh sports jerseys (a knit pierced by rows of round holes, the lining
-           showing through), shot the generator's usual way. The default recipe's data has no mesh.
+  jersey   a new product: one team's mesh sports jersey (a knit pierced by rows of round holes, the
+           lining showing through; one colourway and crest for the PO), shot the generator's usual
+           way. The default recipe's data has no mesh.
   station  a new camera: a fixed inspection station whose monochrome camera and macro lens (45–80 mm
            across the frame, so threads are 2–4x thicker in pixels than in any training photo) shoot
            seams and logos of shoes, balls and bags under a ring light (hot centre, dark corners, grain)

@@ -52,7 +52,7 @@ def freeze_stages(net: nn.Module, stages: int) -> list[nn.Module]:
     """Freeze the stem and the first ``stages`` stages (``-1``: the whole backbone); return them.
 
     Frozen parts should also stay in eval mode while training so their batch-norm statistics keep
-    the pretrained values; the models call ``keep_frozen_in_eval`` from ``train()``.
+    the pretrained values; the models call ``keep_in_eval`` from ``train()``.
     """
     if stages == 0:
         return []
@@ -68,17 +68,14 @@ def freeze_stages(net: nn.Module, stages: int) -> list[nn.Module]:
     return frozen
 
 
-def keep_frozen_in_eval(frozen: list[nn.Module]) -> None:
+def keep_in_eval(net: nn.Module, frozen: list[nn.Module], frozen_bn: bool) -> None:
+    """After ``net.train()``: the frozen parts stay in eval mode, and with ``frozen_bn`` so does every
+    batch-norm layer (it normalises with its stored statistics and does not update them; its affine
+    weights still learn). For fine-tuning on a few dozen photos: their balanced, augmented batches
+    estimate the statistics worse than the thousands the model was trained on."""
     for part in frozen:
         part.eval()
-
-
-def keep_batchnorm_in_eval(net: nn.Module) -> None:
-    """Every batch-norm layer normalises with its stored statistics and does not update them.
-
-    For fine-tuning on a few dozen photos: their balanced, augmented batches estimate the statistics
-    worse than the thousands the model was trained on; the affine weights still learn.
-    """
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    if frozen_bn:
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

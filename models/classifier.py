@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbone import create_backbone, freeze_stages, keep_batchnorm_in_eval, keep_frozen_in_eval
+from models.backbone import create_backbone, freeze_stages, keep_in_eval
 from models.registry import register
 
 
@@ -47,9 +47,7 @@ class TileClassifier(nn.Module):
     def train(self, mode: bool = True) -> TileClassifier:
         super().train(mode)
         if mode:
-            keep_frozen_in_eval(self._frozen)
-            if self.frozen_bn:
-                keep_batchnorm_in_eval(self)
+            keep_in_eval(self, self._frozen, self.frozen_bn)
         return self
 
 

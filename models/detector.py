@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbone import create_backbone, freeze_stages, keep_batchnorm_in_eval, keep_frozen_in_eval
+from models.backbone import create_backbone, freeze_stages, keep_in_eval
 from models.decode import OUTPUT_NAMES, Detections, as_hw, decode_detections, map_size
 from models.registry import register
 
@@ -119,9 +119,7 @@ class TileDetector(nn.Module):
     def train(self, mode: bool = True) -> TileDetector:
         super().train(mode)
         if mode:
-            keep_frozen_in_eval(self._frozen)
-            if self.frozen_bn:
-                keep_batchnorm_in_eval(self)
+            keep_in_eval(self, self._frozen, self.frozen_bn)
         return self
 
 

@@ -147,8 +147,8 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     long_mm = rng.uniform(*(config.closeup_fov_mm if shot == "closeup" else WHOLE_FOV[product]))
     ppm = max(width, height) / long_mm
     wm, hm = width / ppm, height / ppm
-    style = None if config.style_seed is None else np.random.default_rng(config.style_seed)
-    scene = Scene(rng, product, shot, wm, hm, families, style)
+    style_rng = rng if config.style_seed is None else np.random.default_rng(config.style_seed)
+    scene = Scene(rng, product, shot, wm, hm, families, style_rng)
     regions, parts = scene.build()
     defects = _plan_defects(rng, config, families, parts, shot, wm, hm)
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
@@ -215,12 +215,11 @@ def _plan_conditions(rng, config: SynthConfig, width: int) -> dict:
 class Scene:
     """Lays out one product (regions with materials) and the parts that carry defects, in canvas mm."""
 
-    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, families: list[str], style=None):
+    def __init__(self, rng, product: str, shot: str, wm: float, hm: float, families: list[str], style_rng):
         self.rng, self.product, self.shot, self.wm, self.hm = rng, product, shot, wm, hm
-        # The style's choices (material, colourway, thread, logo artwork) come from ``style`` when the
-        # PO has one (SynthConfig.style_seed), from the photo's own draws otherwise.
-        self.style = style if style is not None else rng
-        srng = self.style
+        # The style's choices (material, colourway, thread, logo artwork) are drawn from ``style_rng``:
+        # the PO's when it has one (SynthConfig.style_seed), else the photo's own ``rng``.
+        self.style_rng = srng = style_rng
         self.focus = families[0] if families else None
         self.extras = list(families[1:])
         self.regions: list[dict] = []
@@ -263,7 +262,7 @@ class Scene:
         return s
 
     def logo(self, x, y, w, style=None, angle=0.0) -> dict:
-        rng, srng = self.rng, self.style
+        rng, srng = self.rng, self.style_rng
         brand = str(srng.choice(BRANDS))
         emblem = str(srng.choice(EMBLEMS))
         h = w * srng.uniform(0.28, 0.4) if emblem == "none" else w * srng.uniform(0.3, 0.45)
