@@ -20,7 +20,12 @@ MAX_PHOTO_BOXES = 200
 
 @dataclass
 class PhotoScores:
-    """Raw (uncalibrated) scores of one photo: per family the max over its tiles."""
+    """Raw (not yet Platt-calibrated) scores of one photo: per family the max over its tiles.
+
+    ``tile_scores`` are the network's tile probabilities, mapped through the bundle's per-level
+    calibration for the families that have one (:func:`level_calibrated`), so the max compares like
+    with like across pyramid levels.
+    """
 
     families: tuple[str, ...]
     raw: np.ndarray  # (F,) max over tiles
@@ -30,6 +35,16 @@ class PhotoScores:
 
     def as_dict(self) -> dict[str, float]:
         return {f: float(self.raw[i]) for i, f in enumerate(self.families)}
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """The pyramid levels the tiles were cut from, coarsest first."""
+        return tuple(sorted({float(t.scale) for t in self.tiles}))
+
+    def level_max(self) -> np.ndarray:
+        """(L, F): per pyramid level (:attr:`levels`) and family, the max over that level's tiles."""
+        scales = np.array([float(t.scale) for t in self.tiles])
+        return np.stack([self.tile_scores[scales == lv].max(axis=0) for lv in self.levels])
 
     def evidence_tile(self, family: str, calibration: dict | None, threshold: float) -> Any:
         """The tile to show for a flagged family: of the tiles whose calibrated score reaches
@@ -63,7 +78,8 @@ def _batched(batch: np.ndarray, fn, size: int = TILE_BATCH) -> list:
 
 
 def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> PhotoScores:
-    """Score every tile of a working-scale photo with the classifier; photo score = max over tiles.
+    """Score every tile of a working-scale photo with the classifier; photo score = max over tiles
+    (after the bundle's per-level calibration, where it has one).
 
     ``classifier_predictor`` is a :func:`models.predictor.load_predictor` object (``.run(batch)`` →
     N×F probabilities, ``.families``); ``prep`` the bundle's :class:`cv.prep.PrepSettings`.
@@ -76,6 +92,10 @@ def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> P
         raise ValueError(f"photo of shape {rgb_work.shape} produced no tiles; check prep.tile_size")
     parts = _batched(np.asarray(batch, dtype=np.float32), classifier_predictor.run)
     tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    bundle = getattr(classifier_predictor, "bundle", None)
+    levels = (getattr(bundle, "calibration", None) or {}).get("levels")
+    if levels:
+        tile_scores = level_calibrated(tile_scores, [t.scale for t in tiles], families, levels)
     best = tile_scores.argmax(axis=0)
     return PhotoScores(
         families=families,
@@ -94,6 +114,37 @@ def apply_platt(raw: np.ndarray, params: dict | None) -> np.ndarray:
     p = np.clip(raw, 1e-6, 1 - 1e-6)
     z = float(params.get("a", 1.0)) * np.log(p / (1 - p)) + float(params.get("b", 0.0))
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def level_key(scale: float) -> str:
+    """How a pyramid level is named in a bundle's ``calibration["levels"]`` (JSON keys are strings)."""
+    return f"{float(scale):g}"
+
+
+def level_calibrated(
+    scores: np.ndarray, scales: list[float] | np.ndarray, families, levels: dict[str, dict] | None
+) -> np.ndarray:
+    """Tile (or per-level) scores mapped through their pyramid level's Platt parameters.
+
+    ``scores`` is (..., F) with the level of each row in ``scales``; ``levels`` is the bundle's
+    ``calibration["levels"]``: ``{family: {level_key: {"a", "b"}}}``. A family or level without
+    parameters keeps its scores. Why: a fine-tune can shift one level's scores against the others
+    (the finest level's, on a buyer's jersey), and the max over tiles then picks that level's
+    look-alikes; calibrated per level, each level's score means the same thing before the max.
+    """
+    out = np.array(scores, copy=True)
+    out = out if out.dtype.kind == "f" else out.astype(np.float32)
+    scales = np.asarray(scales, dtype=np.float64)
+    for k, family in enumerate(families):
+        per_level = (levels or {}).get(family)
+        if not per_level:
+            continue
+        for scale in np.unique(scales):
+            params = per_level.get(level_key(scale))
+            if params:
+                rows = scales == scale
+                out[rows, k] = apply_platt(out[rows, k], params)
+    return out
 
 
 def calibrate_scores(

@@ -90,8 +90,8 @@ def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():
     labels = np.array([[1], [0], [1], [0], [1], [1], [0], [0]], bool)
     run = PhotoRun(["stitching"], ids, raw, labels, subtypes=[["skipped_stitch"]] * 8)
 
-    def fit(r, y):
-        return fit_thresholds(r, y, ["stitching"], 1.0, 1.0)
+    def fit(r, y, **levels):
+        return fit_thresholds(r, y, ["stitching"], 1.0, 1.0, **levels)
 
     probs, flags = cross_fitted(run, fit)
     for fit_rows, eval_rows in (calibration_halves(ids), calibration_halves(ids)[::-1]):
@@ -227,3 +227,41 @@ def test_map_one_of_two_missed_is_known_value():
 def test_map_no_detections_is_zero():
     m = detection_map(_gt(), [])
     assert m.map50 == 0.0 and m.per_family["label"]["map50"] == 0.0
+
+
+def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
+    from training.calibrate import apply_calibration, combine_levels, fit_level_calibration, fit_thresholds
+    from training.evaluate import family_metrics
+
+    # 40 photos, levels 0.25 / 0.5 / 1.0. Stitching: the coarse levels separate the photos; the finest
+    # scores every photo 0.85-0.99, barely higher with the defect (a fine-tune that inflated it).
+    rng = np.random.default_rng(0)
+    n, levels = 40, (0.25, 0.5, 1.0)
+    labels = np.zeros((n, 3), bool)
+    labels[::2, 0] = True  # stitching on half the photos
+    labels[:1, 2] = True  # label on one: too few to fit levels on
+    level_raw = rng.uniform(0.05, 0.3, size=(n, 3, 3))
+    for lv in (0, 1):
+        level_raw[labels[:, 0], lv, 0] = rng.uniform(0.35, 0.8, size=labels[:, 0].sum())
+    level_raw[:, 2, 0] = rng.uniform(0.85, 0.97, size=n) + 0.02 * labels[:, 0]
+    plain = level_raw.max(axis=1)
+
+    fitted = fit_level_calibration(level_raw, labels, FAMS, levels, ["stitching", "label"])
+    assert set(fitted) == {"stitching"} and set(fitted["stitching"]) == {"0.25", "0.5", "1"}
+    combined = combine_levels(level_raw, FAMS, levels, fitted)
+    np.testing.assert_array_equal(combined[:, 1:], plain[:, 1:])  # families without levels: the plain max
+
+    def auroc(scores):
+        return family_metrics(scores, labels, 0.5, FAMS)["stitching"].auroc
+
+    assert auroc(plain) < 0.8 and auroc(combined) == 1.0
+
+    # What a bundle ships: the photo Platt fit and thresholds on top of the combined levels.
+    calibration, thresholds = fit_thresholds(
+        plain, labels, FAMS, 0.95, 0.99, level_raw=level_raw, levels=levels, level_families=["stitching"]
+    )  # fmt: skip
+    assert calibration["levels"] == fitted
+    probs = apply_calibration(plain, calibration, FAMS, level_raw=level_raw, levels=levels)
+    assert auroc(probs) == 1.0 and np.mean(probs[labels[:, 0], 0] >= thresholds["stitching"]["flag"]) >= 0.95
+    with pytest.raises(ValueError, match="per pyramid level"):
+        apply_calibration(plain, calibration, FAMS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from cv.prep import PrepSettings, prepare_tiles
 from models.decode import Detections
@@ -87,3 +88,41 @@ def test_evidence_for_a_flag_is_the_finest_tile_that_reaches_the_threshold():
     assert scores.evidence_tile("logo", calibration, 0.5) == tiles[2]
     # Nothing reaches the threshold: the strongest tile.
     assert scores.evidence_tile("label", None, 0.9) == tiles[2]
+
+
+class ByLevel:
+    """A classifier's answer to every tile, by its pyramid level: stitching 0.9 at full scale, 0.6 at
+    0.25 (the network stands in so the expected scores are known; tiling and the max are real)."""
+
+    families = ("stitching", "logo", "label")
+
+    def __init__(self, tiles, calibration):
+        self.scales = [t.scale for t in tiles]
+        self.bundle = SimpleNamespace(calibration=calibration)
+        self.calls = 0
+
+    def run(self, batch):
+        scales = self.scales[self.calls : self.calls + len(batch)]
+        self.calls += len(batch)
+        return np.array([[0.9 if s == 1.0 else 0.6, 0.2, 0.1] for s in scales], np.float32)
+
+
+def test_a_bundle_calibrated_per_level_scores_each_level_through_its_own_platt_before_the_max():
+    from models.photo import apply_platt, score_photo
+
+    work = np.full((480, 640, 3), 128, np.uint8)
+    _, tiles = prepare_tiles(work, PREP)
+    plain = score_photo(work, ByLevel(tiles, {}), PREP)
+    assert plain.levels == (0.25, 1.0)
+    np.testing.assert_allclose(plain.level_max(), [[0.6, 0.2, 0.1], [0.9, 0.2, 0.1]], rtol=1e-6)
+    assert plain.raw[0] == np.float32(0.9) and plain.tiles[plain.best_tile["stitching"]].scale == 1.0
+
+    # The full-scale level's 0.9 means less than the coarse level's 0.6 once each level is calibrated.
+    levels = {"stitching": {"1": {"a": 1.0, "b": -3.0}, "0.25": {"a": 1.0, "b": 0.5}}}
+    calibrated = score_photo(work, ByLevel(tiles, {"levels": levels}), PREP)
+    coarse = float(apply_platt(np.array([0.6]), levels["stitching"]["0.25"])[0])
+    assert float(apply_platt(np.array([0.9]), levels["stitching"]["1"])[0]) < coarse
+    assert calibrated.raw[0] == pytest.approx(coarse, rel=1e-6)
+    assert calibrated.tiles[calibrated.best_tile["stitching"]].scale == 0.25
+    # Families without per-level parameters keep their scores.
+    np.testing.assert_array_equal(calibrated.raw[1:], plain.raw[1:])

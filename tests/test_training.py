@@ -263,6 +263,8 @@ def test_recipes_in_configs_load_and_wrong_task_is_refused():
         load_train_config("train_detector", "classifier")
     with pytest.raises(ConfigError, match="scale_jitter"):
         load_config("train_classifier", TrainConfig, {"cache": {"scale_jitter": [2.0, 1.0]}})
+    with pytest.raises(ConfigError, match="per_level names unknown families"):
+        load_config("finetune_classifier", TrainConfig, {"calibration": {"per_level": ["seams"]}})
 
 
 def test_fine_tuning_keeps_the_source_model_weights_prep_and_families(tmp_path):
@@ -295,3 +297,47 @@ def test_fine_tuning_keeps_the_source_model_weights_prep_and_families(tmp_path):
     assert not any(".blocks.5." in n for n in frozen)
     with pytest.raises(ValueError, match="is a classifier, not a detector"):
         build_for_training(recipe, "detector", load_bundle(folder), torch.device("cpu"))
+
+
+def test_per_level_calibration_is_fitted_with_the_bundle_and_scores_photos_as_it_was_fitted(po, data_dir):
+    from datasets.reader import read_dataset
+    from models.bundle import load_bundle
+    from models.predictor import Predictor, load_predictor
+    from training.calibrate import combine_levels
+    from training.engine import train
+    from training.evaluate import run_on_photos
+
+    # All 12 photos validate, so some families have enough photos with and without a defect.
+    config = _config(
+        "classifier", steps_per_epoch=12,
+        calibration={"per_level": ["stitching", "logo", "label"], "per_level_min_photos": 3},
+        prep={**PREP, "levels": [1.0, 0.5]},
+    )  # fmt: skip
+    result = train("classifier", config, po, val_data=po, track=False, log=lambda m: None)
+    bundle = load_bundle(result.bundle_dir)
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]]
+
+    # The same weights without the per-level parameters: the plain max over tiles, per level.
+    plain_bundle = bundle.model_copy(update={"calibration": {}})
+    plain_bundle._folder = bundle.folder
+    plain_predictor = Predictor(plain_bundle, "torch", "cpu", plain_bundle.build_module())
+    plain = run_on_photos(dataset, ids, plain_predictor, bundle.prep, n_panels=0)
+    assert plain.levels == (0.5, 1.0) and plain.level_raw.shape == (12, 2, 3)
+    np.testing.assert_allclose(plain.raw, plain.level_raw.max(axis=1), rtol=1e-6)
+
+    counts = plain.labels.sum(axis=0)
+    fitted = {f for f, n in zip(plain.families, counts, strict=True) if min(n, 12 - n) >= 3}
+    assert fitted, f"the generated PO has no family with 3 photos each way: {counts}"
+    levels = bundle.calibration["levels"]
+    assert set(levels) == fitted and all(set(levels[f]) == {"0.5", "1"} for f in fitted)
+    assert f"Per pyramid level first ({', '.join(sorted(fitted))})" in bundle.card
+    assert ("Asked for but not fitted" in bundle.card) == (len(fitted) < 3)
+
+    # Served as saved: each photo's score is the max over its levels after each level's own Platt fit,
+    # which is not the plain max.
+    served = run_on_photos(dataset, ids, load_predictor(bundle.folder), bundle.prep, n_panels=0)
+    expected = combine_levels(plain.level_raw, plain.families, plain.levels, levels)
+    np.testing.assert_allclose(served.raw, expected, rtol=1e-5, atol=1e-6)
+    k = plain.families.index(sorted(fitted)[0])
+    assert not np.allclose(served.raw[:, k], plain.raw[:, k])

@@ -82,6 +82,7 @@ def model_card(
         "above is cross-fitted: each half of the photos (alternate by id) is scored with the calibration "
         "and thresholds fitted on the other half, so no recall is measured on the photos that chose its "
         "threshold. Its AUROC and AP pool both halves; the flag and review columns are the shipped values.",
+        *_level_lines(bundle, cfg),
         "",
         "## Known limits",
         "- Validation photos come from the same generator and seed range as training; a new PO (other "
@@ -98,3 +99,27 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _level_lines(bundle: Any, cfg: dict) -> list[str]:
+    """What the card says about per-level calibration: which families have it, and which asked for it
+    and did not get it (too few validation photos with or without the defect)."""
+    asked = cfg.get("calibration", {}).get("per_level") or []
+    if not asked:
+        return []
+    fitted = sorted(bundle.calibration.get("levels") or {})
+    missing = [f for f in asked if f not in fitted]
+    lines = [""]
+    if fitted:
+        lines.append(
+            f"Per pyramid level first ({', '.join(fitted)}): each level's max tile score has its own Platt "
+            "fit, and the photo score is the max over the calibrated levels, so one level's inflated "
+            "scores cannot outbid the others."
+        )
+    if missing:
+        least = cfg["calibration"]["per_level_min_photos"]
+        lines.append(
+            f"Asked for but not fitted ({', '.join(missing)}): fewer than {least} validation photos with "
+            "or without the defect; those keep the plain max over tiles."
+        )
+    return lines

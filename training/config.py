@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cv.prep import PrepSettings
+from datasets.taxonomy import FAMILIES
 from models.registry import ModelSpec
+from training.calibrate import MIN_LEVEL_PHOTOS
 
 TASKS = ("classifier", "detector")
 DEFAULT_CONFIGS = {"classifier": "train_classifier.yaml", "detector": "train_detector.yaml"}
@@ -54,6 +56,24 @@ class CalibrationSettings(BaseModel):
 
     target_recall: float = Field(0.95, gt=0, le=1, description="'flag' threshold keeps this recall on val")
     review_recall: float = Field(0.99, gt=0, le=1, description="'review' threshold keeps this recall on val")
+    per_level: list[str] = Field(
+        default_factory=list,
+        description="classifier families whose pyramid levels are Platt-calibrated apart before the max "
+        "over tiles (training.calibrate.fit_level_calibration)",
+    )
+    per_level_min_photos: int = Field(
+        MIN_LEVEL_PHOTOS,
+        ge=2,
+        description="per_level is fitted only with this many validation photos with and without the defect",
+    )
+
+    @field_validator("per_level")
+    @classmethod
+    def _known_families(cls, families: list[str]) -> list[str]:
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"per_level names unknown families {unknown}; families are {list(FAMILIES)}")
+        return families
 
 
 class DetectorSettings(BaseModel):

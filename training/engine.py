@@ -525,13 +525,16 @@ def finish(
     t0 = time.perf_counter()
     run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
 
-    def fit(raw: np.ndarray, labels: np.ndarray) -> tuple[dict, dict]:
-        recall = config.calibration
-        return fit_thresholds(raw, labels, families, recall.target_recall, recall.review_recall)
+    def fit(raw: np.ndarray, labels: np.ndarray, **levels: Any) -> tuple[dict, dict]:
+        c = config.calibration
+        return fit_thresholds(
+            raw, labels, families, c.target_recall, c.review_recall,
+            level_families=c.per_level, level_min_photos=c.per_level_min_photos, **levels,
+        )  # fmt: skip
 
     # The shipped calibration and thresholds use every validation photo (a buyer's fine-tune has few);
     # the reported figures are cross-fitted, each half judged at what the other half chose.
-    calibration, thresholds = fit(run.raw, run.labels)
+    calibration, thresholds = fit(run.raw, run.labels, **run.fit_args())
     cross_fit = cross_fitted(run, fit)
     probs = cross_fit[0]
     gt = ground_truth(split.val, run.image_ids) if task == "detector" else None

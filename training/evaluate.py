@@ -218,6 +218,14 @@ class PhotoRun:
     detections: list[dict] = field(default_factory=list)  # COCO results in photo pixels (detector)
     panels: list[tuple[np.ndarray, str]] = field(default_factory=list)  # drawn thumbnails for MLflow
     subtypes: list[list[str]] = field(default_factory=list)  # per photo, the defect subtypes it holds
+    level_raw: np.ndarray | None = None  # classifier: N×L×F max tile score per pyramid level
+    levels: tuple[float, ...] = ()  # the levels of level_raw, coarsest first
+
+    def fit_args(self, rows: np.ndarray | slice = slice(None)) -> dict:
+        """The per-level scores of ``rows``, as :func:`training.calibrate.fit_thresholds` and
+        :func:`~training.calibrate.apply_calibration` take them."""
+        level_raw = None if self.level_raw is None else self.level_raw[rows]
+        return {"level_raw": level_raw, "levels": self.levels}
 
 
 def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -229,10 +237,11 @@ def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
 def cross_fitted(run: PhotoRun, fit: Callable) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Out-of-fold calibrated probabilities (N×F) and per-photo flag thresholds ``{family: (N,)}``.
 
-    Each half of the photos is scored with the calibration and thresholds that ``fit(raw, labels)``
-    (→ calibration, thresholds) finds on the other half. A recall measured on the photos that chose
-    its threshold is met by construction; this way none is, yet every photo is reported on and the
-    shipped thresholds can be fitted on all of them (a buyer's fine-tune has only a dozen or two).
+    Each half of the photos is scored with the calibration and thresholds that
+    ``fit(raw, labels, level_raw=..., levels=...)`` (→ calibration, thresholds) finds on the other
+    half. A recall measured on the photos that chose its threshold is met by construction; this way
+    none is, yet every photo is reported on and the shipped thresholds can be fitted on all of them
+    (a buyer's fine-tune has only a dozen or two).
     """
     from training.calibrate import apply_calibration
 
@@ -242,8 +251,10 @@ def cross_fitted(run: PhotoRun, fit: Callable) -> tuple[np.ndarray, dict[str, np
     for fit_rows, eval_rows in ((a, b), (b, a)):
         if len(eval_rows) == 0:
             continue
-        calibration, thresholds = fit(run.raw[fit_rows], run.labels[fit_rows])
-        probs[eval_rows] = apply_calibration(run.raw[eval_rows], calibration, run.families)
+        calibration, thresholds = fit(run.raw[fit_rows], run.labels[fit_rows], **run.fit_args(fit_rows))
+        probs[eval_rows] = apply_calibration(
+            run.raw[eval_rows], calibration, run.families, **run.fit_args(eval_rows)
+        )
         for f in run.families:
             flags[f][eval_rows] = thresholds[f]["flag"]
     return probs, flags
@@ -274,7 +285,7 @@ def run_on_photos(
     families = list(predictor.families)
     images = {im["id"]: im for im in dataset.coco["images"]}
     anns = annotations_by_image(dataset.coco)
-    raw, labels, dets, panels, subtypes = [], [], [], [], []
+    raw, labels, dets, panels, subtypes, level_raw, levels = [], [], [], [], [], [], ()
     for n, image_id in enumerate(image_ids):
         image = images[image_id]
         rgb = load_working_photo(dataset.image_path(image), prep)
@@ -285,6 +296,8 @@ def run_on_photos(
         if predictor.task == "classifier":
             scores = score_photo(rgb, predictor, prep)
             raw.append(scores.raw)
+            levels = scores.levels  # every photo is tiled at every level of prep.levels
+            level_raw.append(scores.level_max())
             for f in families:
                 if scores.raw[families.index(f)] >= 0.5:
                     t = scores.tiles[scores.best_tile[f]]
@@ -322,6 +335,8 @@ def run_on_photos(
         detections=dets,
         panels=panels,
         subtypes=subtypes,
+        level_raw=np.asarray(level_raw, np.float32) if level_raw else None,
+        levels=levels,
     )
 
 
