@@ -231,7 +231,6 @@ def test_map_no_detections_is_zero():
 
 def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
     from training.calibrate import apply_calibration, combine_levels, fit_level_calibration, fit_thresholds
-    from training.evaluate import family_metrics
 
     # 40 photos, levels 0.25 / 0.5 / 1.0. Stitching: the coarse levels separate the photos; the finest
     # scores every photo 0.85-0.99, barely higher with the defect (a fine-tune that inflated it).
