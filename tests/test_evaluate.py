@@ -230,7 +230,13 @@ def test_map_no_detections_is_zero():
 
 
 def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
-    from training.calibrate import apply_calibration, combine_levels, fit_level_calibration, fit_thresholds
+    from training.calibrate import (
+        LEFT_OUT,
+        apply_calibration,
+        combine_levels,
+        fit_level_calibration,
+        fit_thresholds,
+    )
 
     # 40 photos, levels 0.25 / 0.5 / 1.0. Stitching: the coarse levels separate the photos; the finest
     # scores every photo 0.85-0.99, barely higher with the defect (a fine-tune that inflated it).
@@ -254,6 +260,12 @@ def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
         return family_metrics(scores, labels, 0.5, FAMS)["stitching"].auroc
 
     assert auroc(plain) < 0.8 and auroc(combined) == 1.0
+    # A level that ranks the photos backwards is left out of the max; the others still decide.
+    backwards = level_raw.copy()
+    backwards[:, 1, 0] = 1 - backwards[:, 1, 0]
+    refit = fit_level_calibration(backwards, labels, FAMS, levels, ["stitching"])
+    assert refit["stitching"]["0.5"] == LEFT_OUT and refit["stitching"]["0.25"]["a"] > 0
+    assert auroc(combine_levels(backwards, FAMS, levels, refit)) == 1.0
 
     # What a bundle ships: the photo Platt fit and thresholds on top of the combined levels.
     calibration, thresholds = fit_thresholds(

@@ -120,6 +120,7 @@ def _level_lines(bundle: Any, cfg: dict) -> list[str]:
         least = cfg["calibration"]["per_level_min_photos"]
         lines.append(
             f"Asked for but not fitted ({', '.join(missing)}): fewer than {least} validation photos with "
-            "or without the defect; those keep the plain max over tiles."
+            "or without the defect, or no level ranked them the right way round; those keep the plain "
+            "max over tiles."
         )
     return lines
