@@ -82,13 +82,19 @@ def build_transform(spec: TransformSpec) -> A.BasicTransform | A.BaseCompose:
         transform = cls(**kwargs)
     except Exception as exc:  # albumentations raises pydantic, Type and Value errors for bad params
         raise ValueError(f"transform {spec.name!r} with params {spec.params}: {exc}") from exc
-    if isinstance(transform, A.DualTransform) and "bboxes" not in transform.targets:
-        raise ValueError(f"transform {spec.name!r} cannot move bounding boxes; choose a box-aware transform")
+    if isinstance(transform, A.DualTransform) and not {"bboxes", "keypoints"} <= set(transform.targets):
+        raise ValueError(
+            f"transform {spec.name!r} cannot move bounding boxes and keypoints; choose a box-aware transform"
+        )
     return transform
 
 
 def compose(config: AugmentConfig) -> A.Compose:
-    """The ``A.Compose`` for a validated config, boxes in COCO pixel format."""
+    """The ``A.Compose`` for a validated config, boxes in COCO pixel format.
+
+    Keypoints (xy, never removed) travel with the same transforms: regions that must follow the image
+    whatever the box filter keeps, such as a defect's ignored pieces, are moved as their corners.
+    """
     bbox_params = A.BboxParams(
         format="coco",
         label_fields=list(LABEL_FIELDS),
@@ -98,7 +104,13 @@ def compose(config: AugmentConfig) -> A.Compose:
         filter_invalid_bboxes=True,
     )
     kwargs = {"seed": config.seed} if config.seed is not None else {}
-    return A.Compose([build_transform(t) for t in config.transforms], bbox_params=bbox_params, **kwargs)
+    keypoint_params = A.KeypointParams(format="xy", remove_invisible=False)
+    return A.Compose(
+        [build_transform(t) for t in config.transforms],
+        bbox_params=bbox_params,
+        keypoint_params=keypoint_params,
+        **kwargs,
+    )
 
 
 def load_augment_config(name_or_path: str | Path, overrides: dict | None = None) -> AugmentConfig:

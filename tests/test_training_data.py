@@ -170,6 +170,30 @@ def test_augmentation_moves_ignored_boxes_with_the_crop(tmp_path):
     assert labels.tolist() == [1, 0, IGNORE]
 
 
+def test_what_the_box_filter_drops_stays_an_ignored_region_of_the_detector(tmp_path):
+    import yaml
+
+    from datasets.augment import build_augment
+    from training.data import augment_crop
+
+    path = tmp_path / "shift.yaml"
+    shift = {"name": "Affine", "params": {"translate_px": {"x": 40, "y": 0}, "p": 1.0}}
+    path.write_text(yaml.safe_dump({"min_visibility": 0.6, "min_area": 16, "transforms": [shift]}))
+    pipeline = build_augment(path)
+    crop = np.zeros((64, 64, 3), np.uint8)
+    # 40 px to the right on a 64-px crop: the first box stays 70 % visible, the second 20 %, the third
+    # leaves the crop; the ignored piece is 9 px², under min_area.
+    boxes = np.array([[10, 4, 30, 12], [20, 20, 40, 28], [30, 40, 50, 44]], np.float32)
+    fams, subs = np.array([0, 1, 0]), np.array([2, 5, 2])
+    ignored, ignored_fams = np.array([[2, 50, 5, 53]], np.float32), np.array([2])
+    _, b, f, s, labels, ib, if_ = augment_crop(pipeline, crop, boxes, fams, subs, 0.6, ignored, ignored_fams)
+    assert np.allclose(b, [[50, 4, 64, 12]], atol=0.5) and f.tolist() == [0] and s.tolist() == [2]
+    # the sliver of the second box and the tiny piece are still defect pixels: ignored, not background;
+    # the box that left the crop leaves nothing
+    assert np.allclose(ib, [[60, 20, 64, 28], [42, 50, 45, 53]], atol=0.5) and if_.tolist() == [1, 2]
+    assert labels.tolist() == [1, IGNORE, IGNORE]
+
+
 def test_worker_processes_keep_the_batch_order_and_augment_each_batch_afresh(tmp_path):
     import torch
     import yaml

@@ -438,8 +438,11 @@ def augment_crop(
     """Augment one crop with a box-aware albumentations pipeline; recompute its family labels.
 
     A family stays present when at least one of its boxes survives (albumentations drops boxes cut
-    below the pipeline's min_visibility); one whose boxes were all cut away becomes IGNORE, and IGNORE
-    stays IGNORE. Ignored boxes travel with the same transforms. Returns crop, boxes xyxy, families,
+    below the pipeline's min_visibility or min_area); one whose boxes were all cut away becomes IGNORE,
+    and IGNORE stays IGNORE. What the box filter drops is still a defect's pixels: every ignored box,
+    and every counted box the filter dropped, is moved as its four corners (keypoints, which nothing
+    filters) and returned as an ignored box clipped to the crop while any of it is left, so that the
+    detector is not taught "no defect" on a sliver or a tiny piece. Returns crop, boxes xyxy, families,
     subtypes, labels, ignored boxes xyxy, their families.
     """
     size = crop.shape[0]
@@ -447,12 +450,17 @@ def augment_crop(
         ignore_boxes, ignore_fams = np.zeros((0, 4), np.float32), np.zeros(0, np.int64)
     every = np.concatenate([boxes.reshape(-1, 4), ignore_boxes.reshape(-1, 4)]).astype(np.float32)
     every_fams = np.concatenate([fams, ignore_fams]).astype(np.int64)
-    xywh = np.concatenate([every[:, :2], every[:, 2:] - every[:, :2]], axis=1)
+    counted = boxes.reshape(-1, 4).astype(np.float32)
+    xywh = np.concatenate([counted[:, :2], counted[:, 2:] - counted[:, :2]], axis=1)
+    x1, y1, x2, y2 = every.T
+    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
+                        np.stack([x1, y2], 1)], axis=1).reshape(-1, 2) - 0.5  # fmt: skip
     out = pipeline(
         image=np.ascontiguousarray(crop),
         bboxes=xywh,
-        category_ids=every_fams.tolist(),
-        ann_index=list(range(len(every))),
+        category_ids=fams.astype(np.int64).tolist(),
+        ann_index=list(range(len(counted))),
+        keypoints=corners,
     )
     image = out["image"]
     if image.shape[:2] != (size, size):  # a crop-type transform changed the size: back to the input size
@@ -462,22 +470,27 @@ def augment_crop(
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     else:
         sx = sy = 1.0
-    idx = np.asarray(out["ann_index"], np.int64)
+    kept = np.asarray(out["ann_index"], np.int64)
     b = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
     b = np.stack([b[:, 0] * sx, b[:, 1] * sy, (b[:, 0] + b[:, 2]) * sx, (b[:, 1] + b[:, 3]) * sy], axis=1)
-    counted = idx < len(boxes)
-    kept = idx[counted]
+    # Keypoints are pixel centres (a flip maps x to width - 1 - x), box corners pixel edges: hence ±0.5.
+    moved = (np.asarray(out["keypoints"], np.float32).reshape(-1, 4, 2) + 0.5) * np.float32([sx, sy])
+    pieces = np.concatenate([moved.min(axis=1), moved.max(axis=1)], axis=1).clip(0, size)
+    uncounted = np.ones(len(every), bool)
+    uncounted[kept] = False
+    visible = (pieces[:, 2] > pieces[:, 0]) & (pieces[:, 3] > pieces[:, 1])
+    ignored = uncounted & visible
     labels = np.zeros(len(FAMILIES), np.uint8)
     labels[np.unique(every_fams)] = IGNORE
     labels[np.unique(fams[kept])] = 1
     return (
         image,
-        b[counted].astype(np.float32),
+        b.astype(np.float32),
         fams[kept],
         subs[kept],
         labels,
-        b[~counted].astype(np.float32),
-        every_fams[idx[~counted]],
+        pieces[ignored].astype(np.float32),
+        every_fams[ignored],
     )
 
 
