@@ -307,9 +307,11 @@ def test_per_level_calibration_is_fitted_with_the_bundle_and_scores_photos_as_it
     from training.engine import train
     from training.evaluate import run_on_photos
 
-    # All 12 photos validate, so some families have enough photos with and without a defect.
+    # All 12 photos validate, so some families have enough photos with and without a defect; the
+    # network trains on them long enough to rank them the right way round at some level (at 12 steps an
+    # epoch it ranked stitching backwards at both levels, and nothing was left to calibrate).
     config = _config(
-        "classifier", steps_per_epoch=12,
+        "classifier", steps_per_epoch=36,
         calibration={"per_level": ["stitching", "logo", "label"], "per_level_min_photos": 3},
         prep={**PREP, "levels": [1.0, 0.5]},
     )  # fmt: skip
