@@ -452,9 +452,7 @@ def augment_crop(
     every_fams = np.concatenate([fams, ignore_fams]).astype(np.int64)
     counted = boxes.reshape(-1, 4).astype(np.float32)
     xywh = np.concatenate([counted[:, :2], counted[:, 2:] - counted[:, :2]], axis=1)
-    x1, y1, x2, y2 = every.T
-    corners = np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1), np.stack([x2, y2], 1),
-                        np.stack([x1, y2], 1)], axis=1).reshape(-1, 2) - 0.5  # fmt: skip
+    corners = every[:, [0, 1, 2, 1, 2, 3, 0, 3]].reshape(-1, 2) - 0.5  # four (x, y) per box
     out = pipeline(
         image=np.ascontiguousarray(crop),
         bboxes=xywh,
