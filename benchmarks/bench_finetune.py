@@ -236,7 +236,7 @@ def main() -> None:
     arms: dict[str, list[str]] = {"default": [args.base], "scratch": [], "fine-tune": []}
     for seed in args.seeds:
         for name, from_ref in (("scratch", None), ("fine-tune", args.base)):
-            run = CACHE / f"{args.look}-run-{name}-seed{seed}"
+            run = CACHE / f"{args.look}-{args.train_photos}-run-{name}-seed{seed}"
             bundle, seconds, kept = train(from_ref, buyer_train, run, args.base, seed)
             arms[name].append(bundle)
             note = ": no epoch beat the starting model, its weights kept (recalibrated)" if kept else ""
@@ -277,7 +277,7 @@ def main() -> None:
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()
     }
-    (CACHE / f"{args.look}-results.json").write_text(
+    (CACHE / f"{args.look}-{args.train_photos}-results.json").write_text(
         json.dumps({"figures": results, "differences": summary}, indent=2)
     )
 
