@@ -148,6 +148,29 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_fine_tuned_detector_decodes_its_boxes_as_its_starting_model_does(po, data_dir):
+    from models.bundle import load_bundle
+    from training.engine import train
+
+    quiet = {"track": False, "log": lambda m: None}
+    decoding = {"score_threshold": 0.3, "top_k": 20, "merge_iou": 0.4, "home_level_only": True}
+    source = train("detector", _config("detector", epochs=1, detector=decoding), po, **quiet)
+    lines: list[str] = []
+    # The recipe decodes at other settings and trains with its own loss weights.
+    recipe = _config("detector", epochs=1, detector={"score_threshold": 0.1, "loss_weights": {"size": 2.0}})
+    tuned = train(
+        "detector", recipe, po, from_ref=str(source.bundle_dir), out=data_dir / "ft", track=False,
+        log=lines.append,
+    )  # fmt: skip
+    saved = load_bundle(tuned.bundle_dir).config["detector"]
+    assert {k: saved[k] for k in decoding} == decoding
+    assert saved["loss_weights"] == {"size": 2.0}
+    assert any(line.startswith("decoding as the starting model does") for line in lines)
+    # Without --from the recipe's own settings apply.
+    fresh = train("detector", recipe, po, out=data_dir / "fresh", **quiet)
+    assert load_bundle(fresh.bundle_dir).config["detector"]["score_threshold"] == 0.1
+
+
 def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po, data_dir):
     import torch
 
