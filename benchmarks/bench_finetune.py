@@ -203,7 +203,7 @@ def train(from_ref: str | None, data: Path, out: Path, base: str, seed: int) -> 
     lines: list[str] = []
     started = time.perf_counter()
     result = train_model(
-        "classifier", config, data, from_ref=from_ref, out=out, track=False, log=lambda m: lines.append(m)
+        "classifier", config, data, from_ref=from_ref, out=out, track=False, log=lines.append
     )
     kept = any(line.startswith("no epoch beat the starting model") for line in lines)
     return str(result.bundle_dir), time.perf_counter() - started, kept

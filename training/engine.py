@@ -236,9 +236,9 @@ def keep_decoding(config: TrainConfig, from_bundle: Any, log: Callable[[str], No
     at a recipe's 0.1 scored mAP@0.5 0.33 instead of 0.37 on 240 jersey photos. Loss weights stay the
     recipe's: they are how to train, not how to read the model.
     """
-    saved = (getattr(from_bundle, "config", None) or {}).get("detector") or {}
-    keys = ("score_threshold", "top_k", "merge_iou", "home_level_only")
-    decoding = {k: saved[k] for k in keys if k in saved}
+    saved = from_bundle.config.get("detector") or {}
+    keys = set(type(config.detector).model_fields) - {"loss_weights"}  # every decoding setting there is
+    decoding = {k: v for k, v in saved.items() if k in keys}
     if not decoding:
         return config
     changed = {k: v for k, v in decoding.items() if getattr(config.detector, k) != v}
