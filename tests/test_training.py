@@ -366,3 +366,68 @@ def test_per_level_calibration_is_fitted_with_the_bundle_and_scores_photos_as_it
     np.testing.assert_allclose(served.raw, expected, rtol=1e-5, atol=1e-6)
     k = plain.families.index(sorted(fitted)[0])
     assert not np.allclose(served.raw[:, k], plain.raw[:, k])
+
+
+def test_pick_false_flags_takes_the_strongest_clean_tiles_per_family_once():
+    from training.mining import clean_tiles, pick_false_flags
+
+    tiles = np.array([[0, 0, 100, 100], [80, 0, 180, 100], [160, 0, 260, 100], [0, 80, 100, 180]], np.float32)
+    # the defect box lies 70 % in tile 1 (it holds it) and 30 % in tile 2 (clean)
+    clean = clean_tiles(tiles, np.array([[120, 40, 170, 60]], np.float32))
+    assert clean.tolist() == [True, False, True, True]
+    scores = np.array([[0.9, 0.6], [0.95, 0.1], [0.7, 0.8], [0.4, 0.2]], np.float32)
+    # family 0: tile 0 then 2 (1 holds the defect, 3 is under the threshold); family 1: 2 then 0
+    assert pick_false_flags(scores, clean, per_family=2, threshold=0.5) == [0, 2]
+    assert pick_false_flags(scores, clean, per_family=1, threshold=0.5) == [0, 2]
+    assert pick_false_flags(scores, clean, per_family=1, threshold=0.85) == [0]
+    assert pick_false_flags(scores, clean, per_family=3, threshold=0.99) == []
+
+
+def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po, data_dir):
+    from datasets.coco import annotations_by_image
+    from datasets.reader import read_dataset
+    from models.photo import as_prep
+    from models.predictor import load_predictor
+    from training.data import load_working_photo, photo_boxes_work
+    from training.engine import train
+    from training.mining import clean_tiles, mine_false_flags
+
+    source = train("classifier", _config("classifier", epochs=1), po, track=False, log=lambda m: None)
+    # An untrained network's scores sit near 0.5: a low threshold makes every clean tile a candidate.
+    predictor = load_predictor(source.bundle_dir, task="classifier")
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    mined = mine_false_flags(dataset, ids, predictor, per_family=1, threshold=0.01)
+    anns, images = annotations_by_image(dataset.coco), {im["id"]: im for im in dataset.coco["images"]}
+    for image_id, boxes in mined.items():
+        assert 1 <= len(boxes) <= 3  # one per family, a tile flagged for two families taken once
+        rgb = load_working_photo(dataset.image_path(images[image_id]), as_prep(predictor.bundle.prep))
+        defects = photo_boxes_work(images[image_id], anns.get(image_id, []), rgb.shape)[0]
+        h, w = rgb.shape[:2]
+        assert (boxes >= 0).all() and (boxes <= 1).all()  # fractions of the photo
+        # no tile that holds a defect is taught as good
+        assert clean_tiles(boxes * np.array([w, h, w, h], np.float32), defects).all()
+    assert not any(len(b) for b in mine_false_flags(dataset, ids, predictor, 1, threshold=0.999).values())
+
+    def lookalikes(lines: list[str]) -> int:
+        return int(
+            next(li for li in lines if li.startswith("tile cache")).split("'lookalike': ")[1].split(",")[0]
+        )
+
+    plain, tuned = [], []
+    train("classifier", _config("classifier", epochs=1), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "plain", track=False, log=plain.append)  # fmt: skip
+    cache = {"crops_per_box": 2, "negatives_per_photo": 2, "mined_negatives": 1, "mine_threshold": 0.01}
+    train("classifier", _config("classifier", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "mined", track=False, log=tuned.append)  # fmt: skip
+    line = next(li for li in tuned if li.startswith("false flags of"))
+    on_train = int(line.split("): ")[1].split(" on train")[0])
+    # one look-alike crop per mined tile (lookalike_crops: 1), beside the generator's named look-alikes
+    assert on_train > 0 and lookalikes(tuned) >= on_train and lookalikes(tuned) > lookalikes(plain)
+    # Without a starting model there is nothing to mine; a detector recipe cannot ask for it.
+    scratch: list[str] = []
+    train("classifier", _config("classifier", epochs=1, cache=cache), po, out=data_dir / "s", track=False,
+          log=scratch.append)  # fmt: skip
+    assert any("needs a starting model" in li for li in scratch)
+    with pytest.raises(ValueError, match="mined_negatives"):
+        _config("detector", cache=cache)

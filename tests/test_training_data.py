@@ -229,3 +229,31 @@ def test_worker_processes_keep_the_batch_order_and_augment_each_batch_afresh(tmp
     assert all(
         np.array_equal(a, b) for a, b in zip(first, two_epochs(), strict=True)
     )  # and a seeded run repeats
+
+
+def test_marking_a_hard_negative_cuts_a_new_tile_cache(po, tmp_path):
+    """The data version hashes photos and defect labels only; look-alike regions change the crops, so
+    a cache cut before a region was marked must not be reused after."""
+    from datasets.reader import read_dataset
+    from training.data import build_tile_cache
+
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    prep = PrepSettings(work_long_side=400, tile_size=160, tile_overlap=16, input_size=64)
+    settings = CacheSettings(crops_per_box=1, negatives_per_photo=1, lookalike_crops=3)
+    before = build_tile_cache(dataset, ids, prep, settings, tmp_path, "v1", log=None)
+    for im in dataset.coco["images"]:
+        for key in ("lookalikes", "look_alikes", "hard_negatives"):
+            im.pop(key, None)
+    plain = build_tile_cache(dataset, ids, prep, settings, tmp_path, "v1", log=None)
+    dataset.coco["images"][0]["hard_negatives"] = [[10, 10, 60, 60]]
+    marked = build_tile_cache(dataset, ids, prep, settings, tmp_path, "v1", log=None)
+    assert (marked.kinds == LOOKALIKE).sum() == (plain.kinds == LOOKALIKE).sum() + 3
+    assert len({c.folder for c in (before, plain, marked)}) == 3
+    again = build_tile_cache(dataset, ids, prep, settings, tmp_path, "v1", log=None)
+    assert again.folder == marked.folder
+    # a starting model's false flags (fractions of the photo) are cropped the same way, and hashed too
+    mined = {ids[1]: np.array([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]], np.float32)}
+    more = build_tile_cache(dataset, ids, prep, settings, tmp_path, "v1", log=None, mined=mined)
+    assert (more.kinds == LOOKALIKE).sum() == (marked.kinds == LOOKALIKE).sum() + 6
+    assert more.folder != marked.folder

@@ -40,6 +40,14 @@ class CacheSettings(BaseModel):
         "see there (a coarse pyramid level): its family is ignored on that crop, neither defect nor good",
     )
     max_photos: int | None = Field(None, ge=1, description="cap on training photos (quick runs)")
+    mined_negatives: int = Field(
+        0,
+        ge=0,
+        description="with --from (classifier): per photo and family, up to this many tiles that the "
+        "starting model scores at least mine_threshold and that hold no defect become look-alike crops: "
+        "the new photos' own false flags, taught as not-defects (training.mining)",
+    )
+    mine_threshold: float = Field(0.5, gt=0, lt=1, description="tile probability that counts as a flag")
 
     @model_validator(mode="after")
     def _check(self) -> CacheSettings:
@@ -142,6 +150,14 @@ class TrainConfig(BaseModel):
     )
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on the CPU)")
     experiment: str | None = Field(None, description="MLflow experiment; default loupe-<task>")
+
+    @model_validator(mode="after")
+    def _mining_is_for_classifiers(self) -> TrainConfig:
+        if self.task != "classifier" and self.cache.mined_negatives:
+            raise ValueError(
+                "cache.mined_negatives mines a classifier's false flags; set it to 0 in a detector recipe"
+            )
+        return self
 
     def model_kwargs(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return {**self.model.kwargs, **(overrides or {})}

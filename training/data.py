@@ -68,17 +68,31 @@ class TileCache:
         }
 
 
-def cache_key(data_version: str, prep: dict, settings: dict, image_ids: list[int], seed: int) -> str:
-    """A short hash of everything that changes the crops."""
+def cache_key(
+    data_version: str,
+    prep: dict,
+    settings: dict,
+    image_ids: list[int],
+    seed: int,
+    lookalikes: dict[int, list] | None = None,
+) -> str:
+    """A short hash of everything that changes the crops.
+
+    ``lookalikes`` (photo id -> its recorded look-alike regions) is hashed when any photo has one: the
+    data version covers photos and defect labels only, and marking a hard negative changes the crops.
+    """
+    fields = {
+        "format": CACHE_FORMAT,
+        "data": data_version,
+        "prep": prep,
+        "cache": settings,
+        "ids": sorted(image_ids),
+        "seed": seed,
+    }
+    if lookalikes and any(lookalikes.values()):
+        fields["lookalikes"] = {str(k): v for k, v in sorted(lookalikes.items())}
     blob = json.dumps(
-        {
-            "format": CACHE_FORMAT,
-            "data": data_version,
-            "prep": prep,
-            "cache": settings,
-            "ids": sorted(image_ids),
-            "seed": seed,
-        },
+        fields,
         sort_keys=True,
         default=str,
     )
@@ -294,17 +308,30 @@ def build_tile_cache(
     data_version: str,
     seed: int = 0,
     log=print,
+    mined: dict[int, np.ndarray] | None = None,
 ) -> TileCache:
-    """Load the cache for these photos and settings, or cut it (once) and store it under ``cache_root``."""
+    """Load the cache for these photos and settings, or cut it (once) and store it under ``cache_root``.
+
+    ``mined``: per photo id, more look-alike boxes as xyxy fractions of the photo's width and height (a
+    starting model's false flags, :mod:`training.mining`), cropped like the recorded ones.
+    """
     from datasets.coco import annotations_by_image
 
     prep_d = prep.model_dump(mode="json")
     settings_d = settings.model_dump(mode="json")
-    key = cache_key(data_version, prep_d, settings_d, image_ids, seed)
+    images = {im["id"]: im for im in dataset.coco["images"]}
+    mined = mined or {}
+    marked = {
+        i: [images[i].get(k) or [] for k in LOOKALIKE_KEYS]
+        + [np.round(np.asarray(mined.get(i, []), np.float64), 4).tolist()]
+        for i in image_ids
+    }
+    key = cache_key(
+        data_version, prep_d, settings_d, image_ids, seed, {i: v for i, v in marked.items() if any(v)}
+    )
     folder = Path(cache_root) / f"tiles-{data_version}-{key}"
     if (folder / "meta.json").is_file():
         return load_tile_cache(folder)
-    images = {im["id"]: im for im in dataset.coco["images"]}
     anns = annotations_by_image(dataset.coco)
     rng = np.random.default_rng(seed)
     ids = sorted(image_ids)
@@ -317,6 +344,10 @@ def build_tile_cache(
         boxes, fams, subs = photo_boxes_work(image, anns.get(image_id, []), rgb.shape)
         looks = lookalike_boxes_work(image, rgb.shape)
         unlocated = sum(len(image.get(k) or []) for k in LOOKALIKE_KEYS) - len(looks)
+        if image_id in mined:
+            h, w = rgb.shape[:2]
+            relative = np.asarray(mined[image_id], np.float32).reshape(-1, 4)
+            looks = np.concatenate([looks, relative * np.array([w, h, w, h], np.float32)])
         for crop in crops_from_photo(rgb, boxes, fams, subs, looks, prep, settings, rng, unlocated):
             items.append((*crop[:6], image_id, *crop[6:]))
         if log and (n + 1) % 50 == 0:

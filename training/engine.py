@@ -267,6 +267,43 @@ def model_input(images: np.ndarray, device: Any) -> Any:
 # ------------------------------------------------------------------------------------------- the run
 
 
+def mine_for(
+    config: TrainConfig,
+    from_bundle: Any,
+    from_ref: str | None,
+    split: Any,
+    val_ids: list[int],
+    device: Any,
+    log: Callable[[str], None],
+) -> dict[str, dict[int, np.ndarray]]:
+    """The starting model's false flags on the train and val photos (``cache.mined_negatives``), by split."""
+    per_family = config.cache.mined_negatives
+    if not per_family:
+        return {}
+    if from_bundle is None:
+        log("cache.mined_negatives needs a starting model (--from): no false flags mined")
+        return {}
+    from models.predictor import load_predictor
+    from training.mining import mine_false_flags
+
+    predictor = load_predictor(
+        from_bundle.folder, "torch", "cuda" if device.type == "cuda" else "cpu", config.num_threads
+    )
+    t0 = time.perf_counter()
+    mined = {
+        "train": mine_false_flags(
+            split.train, split.train_ids, predictor, per_family, config.cache.mine_threshold
+        ),
+        "val": mine_false_flags(split.val, val_ids, predictor, per_family, config.cache.mine_threshold),
+    }
+    counts = {name: sum(len(v) for v in boxes.values()) for name, boxes in mined.items()}
+    log(
+        f"false flags of {from_ref} mined as hard negatives ({time.perf_counter() - t0:.0f} s): "
+        f"{counts['train']} on train photos, {counts['val']} on val photos"
+    )
+    return mined
+
+
 def train(
     task: str,
     config: TrainConfig,
@@ -336,13 +373,16 @@ def train(
     log(f"data {split.data_version}: {len(split.train_ids)} train photos, {len(val_ids)} val photos")
     cache_root = loupe_data_dir() / "cache"
     t0 = time.perf_counter()
+    mined = mine_for(config, from_bundle, from_ref, split, val_ids, device, log)
     train_cache = build_tile_cache(
-        split.train, split.train_ids, prep, config.cache, cache_root, split.data_version, config.seed, log
-    )
+        split.train, split.train_ids, prep, config.cache, cache_root, split.data_version, config.seed, log,
+        mined=mined.get("train"),
+    )  # fmt: skip
     val_settings = config.cache.model_copy(update={"max_photos": None})
     val_cache = build_tile_cache(
-        split.val, val_ids, prep, val_settings, cache_root, split.data_version, config.seed + 1, log
-    )
+        split.val, val_ids, prep, val_settings, cache_root, split.data_version, config.seed + 1, log,
+        mined=mined.get("val"),
+    )  # fmt: skip
     log(
         f"tile cache ({time.perf_counter() - t0:.0f} s): train {train_cache.summary()}, "
         f"val {val_cache.summary()}"
