@@ -290,11 +290,10 @@ def mine_for(
         from_bundle.folder, "torch", "cuda" if device.type == "cuda" else "cpu", config.num_threads
     )
     t0 = time.perf_counter()
+    threshold = config.cache.mine_threshold
     mined = {
-        "train": mine_false_flags(
-            split.train, split.train_ids, predictor, per_family, config.cache.mine_threshold
-        ),
-        "val": mine_false_flags(split.val, val_ids, predictor, per_family, config.cache.mine_threshold),
+        "train": mine_false_flags(split.train, split.train_ids, predictor, per_family, threshold, log),
+        "val": mine_false_flags(split.val, val_ids, predictor, per_family, threshold, log),
     }
     counts = {name: sum(len(v) for v in boxes.values()) for name, boxes in mined.items()}
     log(

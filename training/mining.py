@@ -9,6 +9,7 @@ tiles them, and crops those tiles as look-alikes (hard negatives) in train and v
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def mine_false_flags(
     predictor: Any,
     per_family: int,
     threshold: float = 0.5,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[int, np.ndarray]:
     """Per photo id, its false flags (:func:`pick_false_flags`) as xyxy fractions of the photo's width
     and height: the model's working scale need not be the one a fine-tune trains at.
