@@ -11,6 +11,7 @@ Call a pipeline with ``bboxes`` in COCO pixels and the label fields :data:`LABEL
 from __future__ import annotations
 
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +106,16 @@ def compose(config: AugmentConfig) -> A.Compose:
     )
     kwargs = {"seed": config.seed} if config.seed is not None else {}
     keypoint_params = A.KeypointParams(format="xy", remove_invisible=False)
-    return A.Compose(
-        [build_transform(t) for t in config.transforms],
-        bbox_params=bbox_params,
-        keypoint_params=keypoint_params,
-        **kwargs,
-    )
+    with warnings.catch_warnings():
+        # An empty pipeline (augmentation off) still carries boxes and keypoints through unchanged;
+        # albumentations warns that no transform processes them, which is the point.
+        warnings.filterwarnings("ignore", message="Got processor for", category=UserWarning)
+        return A.Compose(
+            [build_transform(t) for t in config.transforms],
+            bbox_params=bbox_params,
+            keypoint_params=keypoint_params,
+            **kwargs,
+        )
 
 
 def load_augment_config(name_or_path: str | Path, overrides: dict | None = None) -> AugmentConfig:

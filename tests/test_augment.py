@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,17 @@ def test_flip_moves_the_box_to_the_mirrored_place(tmp_path: Path) -> None:
     assert (moved["family"], moved["subtype"], moved["category_id"]) == ("logo", "offset_logo", 2)
     x, y, w, h = (int(v) for v in moved["bbox"])
     assert out[y : y + h, x : x + w].min() == 250  # the box sits on the patch in the flipped photo
+
+
+def test_an_empty_pipeline_passes_the_photo_and_boxes_through_without_warnings(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # albumentations warned "Got processor for bboxes" here
+        pipeline = build_augment(write_config(tmp_path, []))
+    image = photo_with_patch(10, 20, 30, 15)
+    ann = make_annotation(1, 1, "label", [10, 20, 30, 15], "torn_label")
+    out, [kept] = augment_sample(pipeline, image, [ann])
+    assert np.array_equal(out, image)
+    assert kept["bbox"] == pytest.approx([10, 20, 30, 15])
 
 
 def test_rotation_keeps_the_box_on_the_patch(tmp_path: Path) -> None:
