@@ -167,7 +167,8 @@ def paired_bootstrap(
     rounds: int,
     seed: int = 0,
 ) -> np.ndarray:
-    """(rounds, 2) mean-over-families AUROC and AP differences ``arm - base`` on resampled photos.
+    """(rounds, 2, families) AUROC and AP differences ``arm - base`` per family column on resampled
+    photos (their mean over families is the benchmark's headline).
 
     ``arm`` and ``base`` hold one score array per training seed (one for a model that is not trained
     here); each side's figure is its mean over seeds. Both are judged on the same resampled photos, so
@@ -179,10 +180,10 @@ def paired_bootstrap(
         return np.mean([family_figures(raw[pick], labels[pick], families, columns) for raw in runs], axis=0)
 
     rng = np.random.default_rng(seed)
-    out = np.empty((rounds, 2))
+    out = np.empty((rounds, 2, len(columns)))
     for r in range(rounds):
         pick = rng.integers(0, len(labels), len(labels))
-        out[r] = np.nanmean(figures(arm, pick) - figures(base, pick), axis=1)
+        out[r] = figures(arm, pick) - figures(base, pick)
     return out
 
 
@@ -264,21 +265,30 @@ def main() -> None:
         f"\nfine-tune minus baseline, mean over families with positives "
         f"(95 % interval: paired bootstrap over photos, {args.bootstrap} rounds):"
     )
+
+    def interval(diffs: np.ndarray, point: float) -> tuple[dict, str]:
+        lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+        return {"diff": point, "low": lo, "high": hi}, f"{point:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {verdict}"
+
     summary = {}
+    per_family = {}
     for base in ("default", "scratch"):
         diffs = paired_bootstrap(raws["fine-tune"], raws[base], labels, families, columns, args.bootstrap)
-        point = np.nanmean(figures["fine-tune"] - figures[base], axis=1)
+        gap = figures["fine-tune"] - figures[base]
         for k, metric in enumerate(("auroc", "ap")):
-            lo, hi = np.percentile(diffs[:, k], [2.5, 97.5])
-            verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-            print(f"  vs {base:<8} {metric:<6} {point[k]:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {verdict}")
-            summary[f"vs_{base}_{metric}"] = {"diff": point[k], "low": lo, "high": hi}
+            mean_diffs = np.nanmean(diffs[:, k], axis=1)
+            summary[f"vs_{base}_{metric}"], line = interval(mean_diffs, np.nanmean(gap[k]))
+            print(f"  vs {base:<8} {metric:<6} {line}")
+        for j, i in enumerate(columns):  # a family can gain while the mean hides it
+            per_family[f"vs_{base}_{families[i]}_auroc"], line = interval(diffs[:, 0, j], gap[0, j])
+            print(f"    {families[i]:<10} auroc {line}")
     results = {
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()
     }
     (CACHE / f"{args.look}-{args.train_photos}-results.json").write_text(
-        json.dumps({"figures": results, "differences": summary}, indent=2)
+        json.dumps({"figures": results, "differences": summary, "per_family": per_family}, indent=2)
     )
 
 

@@ -6,7 +6,10 @@ scale, the quality gate, the classifier on every tile of the pyramid, and the de
 (what `loupe predict` uses) and on torch eager (the baseline), at 1 and 2 threads. Median milliseconds
 per photo; the machine may be shared, so run it when nothing else is.
 
-    .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2]
+    .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2] [--memory BUNDLE]
+
+``--memory`` also times a classifier bundle that has a memory of a buyer's good tiles (a fine-tune
+with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=24)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model", default="default", help="classifier/detector bundle ref")
+    parser.add_argument("--memory", help="a classifier bundle with a memory, timed against --model's")
     args = parser.parse_args()
 
     from cv.prep import working_photo
@@ -76,6 +80,16 @@ def main() -> None:
             for backend, ms in per_backend.items():
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
+    if args.memory:
+        print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
+        for threads in args.threads:
+            per_model = {}
+            for name, ref in ((args.model, refs["classifier"]), ("with memory", args.memory)):
+                predictor = load_predictor(ref, "onnx", "cpu", threads, task="classifier")
+                score_photo(works[0], predictor, prep)  # warm-up
+                per_model[name] = statistics.median(timed(score_photo, w, predictor, prep)[1] for w in works)
+            for name, ms in per_model.items():
+                print(f"{name:<28}{threads:>8}{ms:>10.0f}{ms / per_model[args.model]:>13.2f}x")
 
 
 if __name__ == "__main__":

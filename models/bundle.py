@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from datasets.taxonomy import FAMILIES
 from models.errors import ModelFileError
+from models.memory import MEMORY_FILE
 
 if TYPE_CHECKING:  # torch is imported only where weights are touched: ONNX serving runs without it
     import torch
@@ -63,6 +64,9 @@ class ModelBundle(BaseModel):
         default_factory=dict, description="per family Platt a,b or temperature"
     )
     metrics: dict[str, Any] = Field(default_factory=dict)
+    memory: dict[str, Any] | None = Field(
+        None, description="classifier: a patch memory of a buyer's good tiles (models.memory, memory.npz)"
+    )
     data_version: str | None = None
     config: dict[str, Any] = Field(default_factory=dict, description="the resolved training config")
     card: str = Field("", description="model card (markdown); stored as card.md")
@@ -125,9 +129,11 @@ class ModelBundle(BaseModel):
         path = self.folder / ONNX_FILE
         if not path.is_file():
             return None
-        weights = self.folder / WEIGHTS_FILE
-        if weights.is_file() and path.stat().st_mtime < weights.stat().st_mtime:
-            return None
+        for source in (WEIGHTS_FILE, MEMORY_FILE if self.memory else None):
+            # A memory added since the export needs its patch output too.
+            newer = source and (self.folder / source).is_file()
+            if newer and path.stat().st_mtime < (self.folder / source).stat().st_mtime:
+                return None
         return path
 
     @property

@@ -14,6 +14,11 @@ from torch import nn
 from models.backbone import create_backbone, freeze_stages, keep_in_eval
 from models.registry import register
 
+# Patch features for a memory of good tiles (models.memory): the outputs of these two stages (stride 8
+# and 16 in EfficientNet-Lite), each 3x3-averaged and brought to the coarser grid, then concatenated.
+# Mid-level features, as PatchCore takes: local enough for a print's edge, not yet class-specific.
+PATCH_STAGES = (2, 4)
+
 
 @register("tile_classifier")
 class TileClassifier(nn.Module):
@@ -43,6 +48,24 @@ class TileClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_with_patches(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"logits": (N, classes), "patches": (N, h*w, C)}``: one pass gives both (models.memory)."""
+        import torch.nn.functional as F
+
+        net = self.net
+        h = net.bn1(net.conv_stem(x))
+        taken = []
+        for i, block in enumerate(net.blocks):
+            h = block(h)
+            if i in PATCH_STAGES:
+                taken.append(F.avg_pool2d(h, 3, stride=1, padding=1))
+        # The finer stage has twice the stride's resolution: 2x2 means bring it to the coarser grid
+        # (adaptive pooling to a traced size would not export to ONNX with dynamic tile sizes).
+        finer = F.avg_pool2d(taken[0], 2, stride=2, ceil_mode=True)
+        patches = torch.cat([finer, taken[1]], dim=1)
+        logits = net.forward_head(net.bn2(net.conv_head(h)))
+        return {"logits": logits, "patches": patches.flatten(2).transpose(1, 2)}
 
     def train(self, mode: bool = True) -> TileClassifier:
         super().train(mode)

@@ -21,6 +21,8 @@ from models.errors import ModelFileError
 
 INPUT_NAME = "input"
 CLASSIFIER_OUTPUTS = ("logits",)
+# A classifier with a patch memory (models.memory) also exports its tiles' patch features.
+MEMORY_OUTPUTS = ("logits", "patches")
 # Parity check after export: raw outputs (logits/maps) of torch and ONNX Runtime on the same input.
 PARITY_ATOL = 1e-3
 
@@ -29,7 +31,7 @@ def output_names(bundle: ModelBundle) -> tuple[str, ...]:
     from models.decode import OUTPUT_NAMES
 
     if bundle.task == "classifier":
-        return CLASSIFIER_OUTPUTS
+        return MEMORY_OUTPUTS if bundle.memory else CLASSIFIER_OUTPUTS
     has_subtypes = int(bundle.arch_kwargs.get("num_subtypes", 0) or 0) > 0
     return OUTPUT_NAMES if has_subtypes else OUTPUT_NAMES[:3]
 
@@ -44,7 +46,7 @@ def _as_tuple_module(module: Any, names: tuple[str, ...]) -> Any:
             self.inner = module
 
         def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            out = self.inner(x)
+            out = self.inner.forward_with_patches(x) if "patches" in names else self.inner(x)
             return (out,) if isinstance(out, torch.Tensor) else tuple(out[n] for n in names)
 
     return _Outputs().eval()
@@ -77,6 +79,8 @@ def export_onnx(
     wrapped = _as_tuple_module(bundle.build_module("cpu"), names)
     example = torch.zeros(1, 3, size, size)
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch"} for n in names}}
+    if "patches" in names:
+        axes["patches"] = {0: "batch", 1: "patches"}  # the patch grid follows the tile size
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".onnx")
     os.close(fd)
     try:

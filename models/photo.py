@@ -90,8 +90,12 @@ def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> P
     families = tuple(classifier_predictor.families)
     if len(batch) == 0:
         raise ValueError(f"photo of shape {rgb_work.shape} produced no tiles; check prep.tile_size")
-    parts = _batched(np.asarray(batch, dtype=np.float32), classifier_predictor.run)
-    tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    memory = getattr(classifier_predictor, "memory", None)
+    if memory is None:
+        parts = _batched(np.asarray(batch, dtype=np.float32), classifier_predictor.run)
+        tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    else:
+        tile_scores = _with_memory(batch, tiles, classifier_predictor, memory, families)
     bundle = getattr(classifier_predictor, "bundle", None)
     levels = (getattr(bundle, "calibration", None) or {}).get("levels")
     if levels:
@@ -104,6 +108,21 @@ def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> P
         best_tile={f: int(best[i]) for i, f in enumerate(families)},
         tiles=list(tiles),
     )
+
+
+def _with_memory(
+    batch: np.ndarray, tiles: list[Any], predictor: Any, memory: Any, families: tuple[str, ...]
+) -> np.ndarray:
+    """Tile probabilities with the memory's surprise added to the weighted families' logits."""
+    from models.memory import tile_surprise, with_surprise
+    from models.predictor import _sigmoid
+
+    parts = _batched(np.asarray(batch, dtype=np.float32), predictor.raw)
+    logits = np.concatenate([p["logits"] for p in parts], axis=0)
+    patches = np.concatenate([p["patches"] for p in parts], axis=0)
+    surprise = tile_surprise(patches, np.array([t.scale for t in tiles]), memory)
+    z = with_surprise(logits, surprise, families, memory.weights)
+    return _sigmoid(z)
 
 
 def apply_platt(raw: np.ndarray, params: dict | None) -> np.ndarray:

@@ -27,11 +27,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded bundle: ``.bundle``, ``.families``, ``.run(batch)`` and (detector) ``.detect(batch)``."""
 
-    def __init__(self, bundle: ModelBundle, backend: Backend, device: str, runner: Any) -> None:
+    def __init__(
+        self, bundle: ModelBundle, backend: Backend, device: str, runner: Any, memory: Any = None
+    ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.device = device
         self._runner = runner
+        # models.memory.PatchMemory: a buyer's good tiles; raw() then also gives the tiles' "patches".
+        self.memory = memory
 
     @property
     def families(self) -> list[str]:
@@ -54,20 +58,30 @@ class Predictor:
             )
         return batch
 
-    def raw(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """The network's raw outputs (logits / maps) as numpy arrays by name."""
+    def raw(self, batch: np.ndarray, patches: bool | None = None) -> dict[str, np.ndarray]:
+        """The network's raw outputs (logits / maps) as numpy arrays by name; a classifier's also hold
+        its tiles' ``patches`` with ``patches`` (default: when it has a memory)."""
         batch = self._check(batch)
+        patches = self.memory is not None if patches is None else patches
         if self.backend == "onnx":
-            return self._runner.run(batch)
+            out = self._runner.run(batch)
+            if patches and "patches" not in out:
+                raise ModelFileError(
+                    f"{self._runner.path}: exported without patch features; give the bundle a memory first"
+                )
+            return out
         import torch
 
         with torch.inference_mode():
-            out = self._runner(
-                torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-            )
+            x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
+            out = self._runner.forward_with_patches(x) if patches else self._runner(x)
         if isinstance(out, torch.Tensor):
             return {"logits": out.float().cpu().numpy()}
         return {k: v.float().cpu().numpy() for k, v in out.items()}
+
+    def patch_features(self, batch: np.ndarray) -> np.ndarray:
+        """A classifier's mid-layer patch features of each tile, N x P x C (:mod:`models.memory`)."""
+        return self.raw(batch, patches=True)["patches"]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Per-tile family probabilities, N x F float32."""
@@ -153,6 +167,11 @@ def load_predictor(
     bundle = load_bundle(_resolve_folder(folder_or_ref, task))
     if task is not None and bundle.task != task:
         raise ModelFileError(f"{bundle.folder}: holds a {bundle.task}, not a {task}; pass a {task} bundle")
+    memory = None
+    if bundle.memory:
+        from models.memory import load_memory
+
+        memory = load_memory(bundle.folder, bundle.memory.get("weights", {}))
     if backend == "onnx":
         import onnxruntime as ort
 
@@ -166,7 +185,12 @@ def load_predictor(
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if want_cuda else ["CPUExecutionProvider"]
         )
         runner = OnnxModel(ensure_onnx(bundle), intra_op_num_threads=threads, providers=providers)
-        return Predictor(bundle, "onnx", "cuda" if want_cuda else "cpu", runner)
+        if memory is not None and "patches" not in runner.output_names:
+            raise ModelFileError(
+                f"{runner.path}: exported without the patch output its memory needs; delete it and run "
+                f"`loupe export --model {bundle.folder}` again"
+            )
+        return Predictor(bundle, "onnx", "cuda" if want_cuda else "cpu", runner, memory)
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -174,4 +198,4 @@ def load_predictor(
     resolved = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     if resolved == "cpu":
         torch.set_num_threads(threads)
-    return Predictor(bundle, "torch", resolved, bundle.build_module(resolved))
+    return Predictor(bundle, "torch", resolved, bundle.build_module(resolved), memory)

@@ -431,3 +431,61 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     assert any("needs a starting model" in li for li in scratch)
     with pytest.raises(ValueError, match="mined_negatives"):
         _config("detector", cache=cache)
+
+
+def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, data_dir):
+    from cv.prep import prepare_tiles
+    from models.bundle import load_bundle
+    from models.errors import ModelFileError
+    from models.memory import MEMORY_FILE, load_memory, tile_surprise
+    from models.photo import as_prep, score_photo
+    from models.predictor import _sigmoid, load_predictor
+    from training.engine import split_data, train
+    from training.memory import clean_tile_patches
+
+    source = train("classifier", _config("classifier", epochs=1), po, track=False, log=lambda m: None)
+    lines: list[str] = []
+    memory = {"weights": {"logo": 1.5}, "min_val_tiles": 2}
+    config = _config("classifier", epochs=1, memory=memory)
+    tuned = train("classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "tuned",
+                  track=False, log=lines.append)  # fmt: skip
+    bundle = load_bundle(tuned.bundle_dir)
+    assert bundle.memory["weights"] == {"logo": 1.5} and (tuned.bundle_dir / MEMORY_FILE).is_file()
+    saved = load_memory(tuned.bundle_dir, bundle.memory["weights"])
+    assert any(li.startswith("memory: level") for li in lines)
+
+    # The memory holds the patches of the training photos' clean tiles and nothing else.
+    torch_pred = load_predictor(tuned.bundle_dir, task="classifier")
+    split = split_data(po, None, 0.3, 0)  # the run's own split (same recipe seed and fraction)
+    dataset = split.train
+    clean = clean_tile_patches(dataset, split.train_ids, torch_pred, bundle.prep)
+    assert set(saved.banks) <= set(clean)
+    for level, bank in saved.banks.items():
+        expected = np.concatenate(clean[level]).astype(np.float16)
+        assert len(bank) == len(expected)  # under max_patches: all of them
+        assert {r.tobytes() for r in bank.astype(np.float16)} == {r.tobytes() for r in expected}
+
+    # Serving adds weight x surprise to logo's logits only; ONNX Runtime agrees with torch.
+    onnx_pred = load_predictor(tuned.bundle_dir, backend="onnx", task="classifier")
+    plain = load_predictor(tuned.bundle_dir, task="classifier")
+    plain.memory = None
+    prep = as_prep(bundle.prep)
+    from training.data import load_working_photo
+
+    image = dataset.coco["images"][0]
+    rgb = load_working_photo(dataset.image_path(image), prep)
+    with_memory, without = score_photo(rgb, torch_pred, prep), score_photo(rgb, plain, prep)
+    assert np.allclose(with_memory.tile_scores[:, [0, 2]], without.tile_scores[:, [0, 2]], atol=1e-5)
+    batch, tiles = prepare_tiles(rgb, prep)
+    surprise = tile_surprise(torch_pred.patch_features(batch), np.array([t.scale for t in tiles]), saved)
+    assert np.abs(surprise).max() > 0.1
+    logits = torch_pred.raw(batch)["logits"][:, 1]
+    assert np.allclose(with_memory.tile_scores[:, 1], _sigmoid(logits + 1.5 * surprise), atol=1e-5)
+    assert np.allclose(score_photo(rgb, onnx_pred, prep).tile_scores, with_memory.tile_scores, atol=2e-3)
+
+    # A damaged memory names its file; a detector recipe cannot ask for one.
+    (tuned.bundle_dir / MEMORY_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ModelFileError, match=r"memory\.npz"):
+        load_predictor(tuned.bundle_dir, task="classifier")
+    with pytest.raises(ValueError, match="memory"):
+        _config("detector", memory=memory)

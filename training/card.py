@@ -45,6 +45,14 @@ def model_card(
         f"- model kwargs `{bundle.arch_kwargs}`",
         f"- crops: `{cfg['cache']}`; augmentation `{cfg['augment']}`; "
         f"positives per batch {cfg['positive_fraction']}",
+    ]
+    if bundle.memory:
+        levels = ", ".join(f"{lv}: {v['patches']}" for lv, v in bundle.memory["levels"].items())
+        lines.append(
+            f"- memory of the training photos' good tiles (`memory.npz`; patches per level {levels}); "
+            f"surprise added to the logits with weights `{bundle.memory['weights']}`"
+        )
+    lines += [
         "",
         "## Validation (whole photos, cross-fitted calibrated scores, at the flag threshold)",
         "",

@@ -84,6 +84,28 @@ class CalibrationSettings(BaseModel):
         return families
 
 
+class MemorySettings(BaseModel):
+    """A classifier's memory of the good tiles of its training photos (models.memory, training.memory)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        description="per family, the logit added per robust standard unit of a tile's surprise"
+    )
+    max_patches: int = Field(10_000, ge=100, description="patches remembered per pyramid level (random)")
+    min_val_tiles: int = Field(
+        5, ge=2, description="clean validation tiles a level needs to be scaled, else it is not remembered"
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _known_families(cls, weights: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(weights) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"memory.weights: unknown families {unknown}; families are {list(FAMILIES)}")
+        return weights
+
+
 class DetectorSettings(BaseModel):
     """Decoding and merging of detections, saved with a detector bundle."""
 
@@ -137,6 +159,9 @@ class TrainConfig(BaseModel):
     )
     calibration: CalibrationSettings = CalibrationSettings()
     detector: DetectorSettings = DetectorSettings()
+    memory: MemorySettings | None = Field(
+        None, description="classifier: remember the training photos' good tiles (a buyer's one style)"
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="used when the manifest has no val split")
     max_val_photos: int | None = Field(None, ge=1, description="cap on validation photos (quick runs)")
     seed: int = 0
@@ -157,6 +182,8 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "cache.mined_negatives mines a classifier's false flags; set it to 0 in a detector recipe"
             )
+        if self.task != "classifier" and self.memory is not None:
+            raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")
         return self
 
     def model_kwargs(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -582,6 +582,17 @@ def finish(
     )
     device = next(model.parameters()).device
     predictor = Predictor(bundle, "torch", device.type, model)
+    memory = None
+    if task == "classifier" and config.memory is not None:
+        from training.memory import remember_good_tiles
+
+        t0 = time.perf_counter()
+        memory = remember_good_tiles(split, val_ids, predictor, config.prep, config.memory, config.seed, log)
+        log(f"memory of good tiles built in {time.perf_counter() - t0:.0f} s")
+        if memory is not None:
+            # Validation photos are scored with the memory, so calibration and thresholds include it.
+            bundle = bundle.model_copy(update={"memory": memory.describe()})
+            predictor = Predictor(bundle, "torch", device.type, model, memory)
     log(f"evaluating on {len(val_ids)} validation photos")
     t0 = time.perf_counter()
     run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
@@ -619,6 +630,8 @@ def finish(
         update={"card": model_card(bundle, report, split, history, from_bundle, command)}
     )
     bundle_dir = save_bundle(bundle, model.state_dict(), run_dir / "bundle")
+    if memory is not None:
+        memory.save(bundle_dir)
     (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
     if track:
         tracking.log_metrics(report["flat"])
