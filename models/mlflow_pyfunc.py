@@ -18,7 +18,11 @@ BUNDLE_ARTIFACT = "bundle"
 
 
 class LoupeBundleModel(mlflow.pyfunc.PythonModel):
-    """Runs a bundle's predictor on a batch of tiles (classifier or detector)."""
+    """Runs a bundle's predictor on a batch of tiles (classifier or detector).
+
+    It returns the network's tile probabilities. A classifier's memory of good tiles (models.memory)
+    needs each tile's pyramid level, which bare tiles do not carry: photo-level scoring with it is
+    ``models.photo.score_photo`` on the bundle folder (``loupe predict`` / ``loupe val``)."""
 
     def load_context(self, context) -> None:
         from models.predictor import load_predictor
