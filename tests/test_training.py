@@ -383,6 +383,20 @@ def test_pick_false_flags_takes_the_strongest_clean_tiles_per_family_once():
     assert pick_false_flags(scores, clean, per_family=3, threshold=0.99) == []
 
 
+def test_a_photo_labelled_with_a_family_no_box_locates_has_no_tile_known_clean():
+    from training.mining import known_clean
+
+    tiles = np.array([[0, 0, 100, 100], [100, 0, 200, 100]], np.float64)
+    box = {"bbox": [10, 10, 20, 20], "family": "logo", "category_id": 2}
+    image = {"width": 200, "height": 100, "labels": ["logo"]}
+    assert known_clean(image, [box], tiles, (100, 200, 3)).tolist() == [False, True]
+    # Labelled stitching too, but no stitching box: the skipped stitch could be in either tile.
+    image = {**image, "labels": ["logo", "stitching"]}
+    assert not known_clean(image, [box], tiles, (100, 200, 3)).any()
+    assert not known_clean({**image, "labels": ["label"]}, [], tiles, (100, 200, 3)).any()
+    assert known_clean({**image, "labels": []}, [], tiles, (100, 200, 3)).all()
+
+
 def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po, data_dir):
     from datasets.coco import annotations_by_image
     from datasets.reader import read_dataset

@@ -177,7 +177,7 @@ class TrainConfig(BaseModel):
     experiment: str | None = Field(None, description="MLflow experiment; default loupe-<task>")
 
     @model_validator(mode="after")
-    def _mining_is_for_classifiers(self) -> TrainConfig:
+    def _classifier_only_settings(self) -> TrainConfig:
         if self.task != "classifier" and self.cache.mined_negatives:
             raise ValueError(
                 "cache.mined_negatives mines a classifier's false flags; set it to 0 in a detector recipe"

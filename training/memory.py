@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from datasets.taxonomy import FAMILIES
 from models.memory import PatchMemory, nearest_distances
-from training.mining import clean_tiles
+from training.mining import known_clean
 
 TOUCHES = 1e-9  # share of a box inside a tile that makes it unclean: any overlap at all
 
@@ -25,12 +24,12 @@ def clean_tile_patches(
 ) -> dict[float, list[np.ndarray]]:
     """Per pyramid level, the patch features (P x C per tile) of every tile no defect box touches.
 
-    A photo labelled with a family that none of its boxes locates (a folder-per-class or CSV label) has
-    no tile known to be clean, and is skipped."""
+    A photo labelled with a family that none of its boxes locates has no tile known to be clean
+    (:func:`training.mining.known_clean`)."""
     from cv.prep import prepare_tiles
     from datasets.coco import annotations_by_image
     from models.photo import as_prep
-    from training.data import load_working_photo, photo_boxes_work
+    from training.data import load_working_photo
 
     prep = as_prep(prep)
     anns = annotations_by_image(dataset.coco)
@@ -39,13 +38,9 @@ def clean_tile_patches(
     for image_id in image_ids:
         image = images[image_id]
         rgb = load_working_photo(dataset.image_path(image), prep)
-        boxes, families, _ = photo_boxes_work(image, anns.get(image_id, []), rgb.shape)
-        located = {FAMILIES[int(k)] for k in families}
-        if set(image.get("labels") or []) - located:
-            continue
         batch, tiles = prepare_tiles(rgb, prep)
-        clean = clean_tiles(np.array([t.xyxy for t in tiles], np.float64), np.asarray(boxes), TOUCHES)
-        keep = np.flatnonzero(clean)
+        xyxy = np.array([t.xyxy for t in tiles], np.float64).reshape(-1, 4)
+        keep = np.flatnonzero(known_clean(image, anns.get(image_id, []), xyxy, rgb.shape, TOUCHES))
         if not len(keep):
             continue
         patches = predictor.patch_features(np.asarray(batch, np.float32)[keep])

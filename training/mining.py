@@ -30,6 +30,22 @@ def clean_tiles(tiles_xyxy: np.ndarray, boxes: np.ndarray, share: float = HOLDS_
     return ~(iw * ih / area >= share).any(axis=1)
 
 
+def known_clean(
+    image: dict, annotations: list[dict], tiles_xyxy: np.ndarray, work_shape: tuple[int, ...],
+    share: float = HOLDS_BOX,
+) -> np.ndarray:  # fmt: skip
+    """(T,) tiles (working xyxy) known to hold no defect: :func:`clean_tiles` against the photo's
+    boxes, and none at all when the photo names a family that no box locates (a folder-per-class or
+    CSV label: the defect could be in any tile)."""
+    from datasets.taxonomy import FAMILIES
+    from training.data import photo_boxes_work
+
+    boxes, families, _ = photo_boxes_work(image, annotations, work_shape)
+    if set(image.get("labels") or []) - {FAMILIES[int(k)] for k in families}:
+        return np.zeros(len(tiles_xyxy), bool)
+    return clean_tiles(tiles_xyxy, boxes, share)
+
+
 def pick_false_flags(
     tile_scores: np.ndarray, clean: np.ndarray, per_family: int, threshold: float
 ) -> list[int]:
@@ -59,7 +75,7 @@ def mine_false_flags(
     """
     from datasets.coco import annotations_by_image
     from models.photo import as_prep, score_photo
-    from training.data import load_working_photo, photo_boxes_work
+    from training.data import load_working_photo
 
     prep = as_prep(predictor.bundle.prep)
     images = {im["id"]: im for im in dataset.coco["images"]}
@@ -70,8 +86,8 @@ def mine_false_flags(
         rgb = load_working_photo(dataset.image_path(image), prep)
         scores = score_photo(rgb, predictor, prep)
         tiles = np.array([t.xyxy for t in scores.tiles], np.float32).reshape(-1, 4)
-        boxes = photo_boxes_work(image, anns.get(image_id, []), rgb.shape)[0]
-        picked = pick_false_flags(scores.tile_scores, clean_tiles(tiles, boxes), per_family, threshold)
+        clean = known_clean(image, anns.get(image_id, []), tiles, rgb.shape)
+        picked = pick_false_flags(scores.tile_scores, clean, per_family, threshold)
         h, w = rgb.shape[:2]
         out[image_id] = tiles[picked] / np.array([w, h, w, h], np.float32)
         if log and (n + 1) % 50 == 0:
