@@ -43,7 +43,10 @@ class TriageSettings(BaseModel):
 class Finding:
     """One defect located on a photo; ``box`` is x1, y1, x2, y2 in the photo's own (upright) pixels.
 
-    ``subtype`` is None when the evidence is a classifier tile rather than a detector box."""
+    ``subtype`` is None when the evidence is a classifier tile rather than a detector box; its
+    ``score`` is then the family's calibrated photo score. A detector box's ``score`` is the
+    geometric mean of the box's own score and the classifier's tile score under it
+    (:func:`models.photo.supported_detections`)."""
 
     family: str
     subtype: str | None
@@ -115,7 +118,7 @@ class Triage:
         from cv.decode import decode_photo
         from cv.prep import working_photo
         from cv.quality import assess_photo
-        from models.photo import calibrate_scores, detect_photo, score_photo
+        from models.photo import calibrate_scores, detect_photo, score_photo, supported_detections
 
         # One reduced decode, the same one training cut its crops from, serves the gate and the models.
         wp = working_photo(source, self.prep, max_pixels=self.quality_config.max_pixels, name=name)
@@ -148,7 +151,10 @@ class Triage:
                     source, self.detector_prep, max_pixels=self.quality_config.max_pixels, name=name
                 )
                 det_work, det_to_photo = dwp.rgb_work, dwp.to_photo
-            for box, score, family, subtype in detect_photo(det_work, self.detector, self.detector_prep):
+            found = detect_photo(det_work, self.detector, self.detector_prep)
+            # Box scores tempered by the classifier's tiles under them (its working pixels: to_photo).
+            found = supported_detections(found, raw, det_to_photo / to_photo)
+            for box, score, family, subtype in found:
                 wanted = self.settings.detect == "all" or family in suspect
                 # Sorted by score: a report needs the strongest few boxes per family, not every peak.
                 if wanted and per_family.get(family, 0) < self.settings.max_findings_per_family:

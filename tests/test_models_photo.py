@@ -90,6 +90,31 @@ def test_evidence_for_a_flag_is_the_finest_tile_that_reaches_the_threshold():
     assert scores.evidence_tile("label", None, 0.9) == tiles[2]
 
 
+def test_a_box_is_scored_with_the_classifiers_tiles_under_its_centre():
+    from cv.tiling import Tile
+    from models.photo import PhotoScores, supported_detections
+
+    # Classifier working pixels: two full-scale tiles side by side and a coarse one over both.
+    tiles = [Tile(0, 0, 160, 160), Tile(160, 0, 160, 160), Tile(0, 0, 320, 160, scale=0.5)]
+    tile_scores = np.array([[0.64, 0.1, 0.0], [0.04, 0.1, 0.0], [0.09, 0.1, 0.0]], np.float32)
+    scores = PhotoScores(("stitching", "logo", "label"), tile_scores.max(axis=0), tile_scores, {}, tiles)
+    # Detector boxes in pixels twice as fine (a 640-px working photo against the classifier's 320).
+    found = [
+        ((200.0, 100.0, 240.0, 140.0), 0.25, "stitching", "skipped_stitch"),  # centre (110, 60): tiles 0, 2
+        ((360.0, 100.0, 400.0, 140.0), 1.0, "stitching", None),  # centre (190, 60): tiles 1, 2
+        ((900.0, 100.0, 940.0, 140.0), 0.9, "stitching", None),  # centre (460, 60): under no tile
+        ((0.0, 0.0, 20.0, 20.0), 0.5, "colour_shade", None),  # a family the classifier does not score
+    ]
+    out = supported_detections(found, scores, to_classifier=0.5)
+    assert [(d[0], round(d[1], 4), d[3]) for d in out] == [
+        ((0.0, 0.0, 20.0, 20.0), 0.5, None),  # kept as the detector scored it
+        ((200.0, 100.0, 240.0, 140.0), 0.4, "skipped_stitch"),  # sqrt(0.25 * 0.64)
+        ((360.0, 100.0, 400.0, 140.0), 0.3, None),  # sqrt(1.0 * 0.09): the coarse tile beats 0.04
+        ((900.0, 100.0, 940.0, 140.0), 0.0, None),
+    ]
+    assert supported_detections([], scores) == []
+
+
 class ByLevel:
     """A classifier's answer to every tile, by its pyramid level: stitching 0.9 at full scale, 0.6 at
     0.25 (the network stands in so the expected scores are known; tiling and the max are real)."""

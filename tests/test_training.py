@@ -252,6 +252,7 @@ def test_fine_tune_keeps_the_source_prep_unless_told_to_take_the_recipes(po, dat
 def test_detector_run_resume_and_validate(po, data_dir):
     from models.bundle import load_bundle
     from training.engine import train
+    from training.evaluate import format_report
     from training.validate import validate
 
     out = data_dir / "runs" / "det"
@@ -272,6 +273,44 @@ def test_detector_run_resume_and_validate(po, data_dir):
     (report,) = reports.values()
     assert report["photos"] == 12 and set(report["per_family"]) == {"stitching", "logo", "label"}
     assert 0.0 <= report["map"]["map50"] <= 1.0
+    assert "map_supported" not in report  # no classifier given
+
+    # With a classifier, the detector's boxes are also scored as triage scores them.
+    both = validate("default", po, detector_ref=str(resumed.bundle_dir), track=False, log=lambda m: None)
+    report = both[bundle.ref]
+    assert report["map"] == reports[bundle.ref]["map"]  # the detector's own mAP does not change
+    assert 0.0 <= report["map_supported"]["map50"] <= 1.0
+    assert report["flat"]["val/supported/map50"] == report["map_supported"]["map50"]
+    assert "boxes as triage scores them" in format_report(report)
+
+
+def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(po):
+    from datasets.reader import read_dataset
+    from models.predictor import load_predictor
+    from training.evaluate import run_on_photos
+
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]][:6]
+    classifier = load_predictor("default", backend="onnx", task="classifier")
+    detector = load_predictor("default", backend="onnx", task="detector")
+    cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
+    det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
+    assert det_run.detections and len(det_run.supported_detections) == len(det_run.detections)
+    key = ("image_id", "category_id")
+    own = sorted((d[key[0]], d[key[1]], tuple(np.round(d["bbox"], 3))) for d in det_run.detections)
+    supported = sorted(
+        (d[key[0]], d[key[1]], tuple(np.round(d["bbox"], 3))) for d in det_run.supported_detections
+    )
+    assert own == supported  # the same boxes, in the photo's pixels
+    by_box = {
+        (d["image_id"], d["category_id"], tuple(np.round(d["bbox"], 3))): d["score"]
+        for d in det_run.detections
+    }
+    for d in det_run.supported_detections:
+        score = by_box[(d["image_id"], d["category_id"], tuple(np.round(d["bbox"], 3)))]
+        tile_scores = cls_run.photo_scores[d["image_id"]][0].tile_scores[:, d["category_id"] - 1]
+        # sqrt(box score * support): the support is one of that photo's tile scores for the family
+        assert np.min(np.abs(tile_scores - d["score"] ** 2 / score)) < 1e-4
 
 
 def test_recipes_in_configs_load_and_wrong_task_is_refused():

@@ -12,6 +12,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -220,6 +221,10 @@ class PhotoRun:
     subtypes: list[list[str]] = field(default_factory=list)  # per photo, the defect subtypes it holds
     level_raw: np.ndarray | None = None  # classifier: N×L×F max tile score per pyramid level
     levels: tuple[float, ...] = ()  # the levels of level_raw, coarsest first
+    # classifier: per image id its tile scores (models.photo.PhotoScores) and working -> photo factor
+    photo_scores: dict[int, tuple[Any, float]] = field(default_factory=dict)
+    # detector run given a classifier run: the boxes as triage scores them (supported_detections)
+    supported_detections: list[dict] | None = None
 
     def fit_args(self, rows: np.ndarray | slice = slice(None)) -> dict:
         """The per-level scores of ``rows``, as :func:`training.calibrate.fit_thresholds` and
@@ -274,11 +279,16 @@ def run_on_photos(
     prep,
     n_panels: int = 8,
     log=None,
+    support: PhotoRun | None = None,
 ) -> PhotoRun:
-    """Run a classifier or detector predictor over photos the way serving does (:mod:`models.photo`)."""
+    """Run a classifier or detector predictor over photos the way serving does (:mod:`models.photo`).
+
+    ``support``: a classifier's run on the same photos; a detector's boxes are then also scored as
+    triage scores them, with the classifier's tiles under them (``supported_detections``).
+    """
     from cv.draw import draw_findings, thumbnail
     from datasets.coco import annotations_by_image
-    from models.photo import as_prep, detect_photo, score_photo
+    from models.photo import as_prep, detect_photo, score_photo, supported_detections
     from training.data import load_working_photo
 
     prep = as_prep(prep)
@@ -286,6 +296,8 @@ def run_on_photos(
     images = {im["id"]: im for im in dataset.coco["images"]}
     anns = annotations_by_image(dataset.coco)
     raw, labels, dets, panels, subtypes, level_raw, levels = [], [], [], [], [], [], ()
+    photo_scores: dict[int, tuple[Any, float]] = {}
+    supported: list[dict] | None = [] if support is not None else None
     for n, image_id in enumerate(image_ids):
         image = images[image_id]
         rgb = load_working_photo(dataset.image_path(image), prep)
@@ -298,6 +310,7 @@ def run_on_photos(
             raw.append(scores.raw)
             levels = scores.levels  # every photo is tiled at every level of prep.levels
             level_raw.append(scores.level_max())
+            photo_scores[image_id] = (scores, to_photo)
             for f in families:
                 if scores.raw[families.index(f)] >= 0.5:
                     t = scores.tiles[scores.best_tile[f]]
@@ -306,19 +319,15 @@ def run_on_photos(
                     )
         else:
             found = detect_photo(rgb, predictor, prep)
+            dets.extend(_coco_results(image_id, found, to_photo))
+            if supported is not None and image_id in support.photo_scores:
+                scores, cls_to_photo = support.photo_scores[image_id]
+                boxes = supported_detections(found, scores, to_photo / cls_to_photo)
+                supported.extend(_coco_results(image_id, boxes, to_photo))
             best = np.zeros(len(families), np.float32)
             for box, score, family, subtype in found:
                 k = families.index(family)
                 best[k] = max(best[k], score)
-                x0, y0, x1, y1 = (v * to_photo for v in box)
-                dets.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": CATEGORY_IDS[family],
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "score": score,
-                    }
-                )
                 if score >= 0.3:
                     findings.append({"family": family, "subtype": subtype, "score": score, "box": box})
             raw.append(best)
@@ -337,7 +346,25 @@ def run_on_photos(
         subtypes=subtypes,
         level_raw=np.asarray(level_raw, np.float32) if level_raw else None,
         levels=levels,
+        photo_scores=photo_scores,
+        supported_detections=supported,
     )
+
+
+def _coco_results(image_id: int, found: list, to_photo: float) -> list[dict]:
+    """COCO result dicts in photo pixels from ``detect_photo``-style boxes in working pixels."""
+    out = []
+    for box, score, family, _ in found:
+        x0, y0, x1, y1 = (v * to_photo for v in box)
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": CATEGORY_IDS[family],
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "score": score,
+            }
+        )
+    return out
 
 
 def ground_truth(dataset, image_ids: list[int]) -> dict:
@@ -387,6 +414,10 @@ def photo_report(
         m = detection_map(gt, run.detections)
         report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
         report["flat"].update(m.flat(prefix="val"))
+        if run.supported_detections is not None:
+            m = detection_map(gt, run.supported_detections)
+            report["map_supported"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
+            report["flat"].update(m.flat(prefix="val/supported"))
     return report
 
 
@@ -495,9 +526,11 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
             )
-    if "map" in report:
-        mp = report["map"]
-        lines.append(f"detector mAP@0.5 {mp['map50']:.3f}   mAP@[.5:.95] {mp['map50_95']:.3f}")
+    for key, title in (("map", "detector"), ("map_supported", "boxes as triage scores them")):
+        if key not in report:
+            continue
+        mp = report[key]
+        lines.append(f"{title}: mAP@0.5 {mp['map50']:.3f}   mAP@[.5:.95] {mp['map50_95']:.3f}")
         for f, v in mp["per_family"].items():
             if not math.isnan(v["map50"]):
                 lines.append(f"  {f:<10} mAP@0.5 {v['map50']:.3f}   mAP@[.5:.95] {v['map50_95']:.3f}")

@@ -25,7 +25,11 @@ def validate(
     threads: int = 2,
     log=print,
 ) -> dict[str, dict[str, Any]]:
-    """Per-family metrics (and mAP for a detector) of each model on ``data``; ``{bundle ref: report}``."""
+    """Per-family metrics (and mAP for a detector) of each model on ``data``; ``{bundle ref: report}``.
+
+    With both models the detector's report also has ``map_supported``: mAP of its boxes as triage
+    scores them, tempered by the classifier (:func:`models.photo.supported_detections`).
+    """
     from datasets.manifest import manifest_of
     from datasets.reader import read_dataset
     from models.predictor import load_predictor
@@ -42,11 +46,16 @@ def validate(
     if not ids:
         raise ValueError(f"{data}: no photos to evaluate{f' in split {split!r}' if split else ''}")
     reports: dict[str, dict[str, Any]] = {}
+    classifier_run = None
     for (ref, _), folder in zip(refs, folders, strict=True):
         predictor = load_predictor(folder, backend="torch", device="auto", threads=threads)
         bundle = predictor.bundle
         log(f"evaluating {bundle.ref} ({bundle.task}) on {len(ids)} photos of {data}")
-        run = run_on_photos(dataset, ids, predictor, bundle.prep, log=log)
+        # The detector after the classifier: its boxes are also scored as triage scores them.
+        support = classifier_run if bundle.task == "detector" else None
+        run = run_on_photos(dataset, ids, predictor, bundle.prep, log=log, support=support)
+        if bundle.task == "classifier":
+            classifier_run = run
         gt = ground_truth(dataset, ids) if bundle.task == "detector" else None
         report = photo_report(run, bundle.calibration, bundle.thresholds, gt)
         reports[bundle.ref] = report
