@@ -90,16 +90,7 @@ def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> P
     families = tuple(classifier_predictor.families)
     if len(batch) == 0:
         raise ValueError(f"photo of shape {rgb_work.shape} produced no tiles; check prep.tile_size")
-    memory = getattr(classifier_predictor, "memory", None)
-    if memory is None:
-        parts = _batched(np.asarray(batch, dtype=np.float32), classifier_predictor.run)
-        tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
-    else:
-        tile_scores = _with_memory(batch, tiles, classifier_predictor, memory, families)
-    bundle = getattr(classifier_predictor, "bundle", None)
-    levels = (getattr(bundle, "calibration", None) or {}).get("levels")
-    if levels:
-        tile_scores = level_calibrated(tile_scores, [t.scale for t in tiles], families, levels)
+    tile_scores = score_tiles(batch, [t.scale for t in tiles], classifier_predictor)
     best = tile_scores.argmax(axis=0)
     return PhotoScores(
         families=families,
@@ -110,19 +101,33 @@ def score_photo(rgb_work: np.ndarray, classifier_predictor: Any, prep: Any) -> P
     )
 
 
-def _with_memory(
-    batch: np.ndarray, tiles: list[Any], predictor: Any, memory: Any, families: tuple[str, ...]
-) -> np.ndarray:
-    """Tile probabilities with the memory's surprise added to the weighted families' logits."""
-    from models.memory import tile_surprise, with_surprise
-    from models.predictor import _sigmoid
+def score_tiles(batch: np.ndarray, scales: list[float] | np.ndarray, classifier_predictor: Any) -> np.ndarray:
+    """(N, F) family scores of normalised tiles cut at pyramid levels ``scales``, as triage scores
+    them: the network's probabilities, with the bundle's memory of good tiles and its per-level
+    calibration where it has them (both need each tile's level)."""
+    batch = np.asarray(batch, dtype=np.float32)
+    scales = np.asarray(scales, dtype=np.float64)
+    if scales.shape != (len(batch),):
+        raise ValueError(f"expected one pyramid level per tile ({len(batch)}), got shape {scales.shape}")
+    families = tuple(classifier_predictor.families)
+    memory = getattr(classifier_predictor, "memory", None)
+    if memory is None:
+        parts = _batched(batch, classifier_predictor.run)
+        tile_scores = np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    else:
+        from models.memory import tile_surprise, with_surprise
+        from models.predictor import _sigmoid
 
-    parts = _batched(np.asarray(batch, dtype=np.float32), predictor.raw)
-    logits = np.concatenate([p["logits"] for p in parts], axis=0)
-    patches = np.concatenate([p["patches"] for p in parts], axis=0)
-    surprise = tile_surprise(patches, np.array([t.scale for t in tiles]), memory)
-    z = with_surprise(logits, surprise, families, memory.weights)
-    return _sigmoid(z)
+        parts = _batched(batch, classifier_predictor.raw)
+        logits = np.concatenate([p["logits"] for p in parts], axis=0)
+        patches = np.concatenate([p["patches"] for p in parts], axis=0)
+        surprise = tile_surprise(patches, scales, memory)
+        tile_scores = _sigmoid(with_surprise(logits, surprise, families, memory.weights))
+    bundle = getattr(classifier_predictor, "bundle", None)
+    levels = (getattr(bundle, "calibration", None) or {}).get("levels")
+    if levels:
+        tile_scores = level_calibrated(tile_scores, scales, families, levels)
+    return tile_scores
 
 
 def apply_platt(raw: np.ndarray, params: dict | None) -> np.ndarray:

@@ -487,6 +487,8 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
 
 
 def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, data_dir):
+    import mlflow.pyfunc
+
     from cv.prep import prepare_tiles
     from models.bundle import load_bundle
     from models.errors import ModelFileError
@@ -501,7 +503,7 @@ def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, 
     memory = {"weights": {"logo": 1.5}, "min_val_tiles": 2}
     config = _config("classifier", epochs=1, memory=memory)
     tuned = train("classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "tuned",
-                  track=False, log=lines.append)  # fmt: skip
+                  register=True, log=lines.append)  # fmt: skip
     bundle = load_bundle(tuned.bundle_dir)
     assert bundle.memory["weights"] == {"logo": 1.5} and (tuned.bundle_dir / MEMORY_FILE).is_file()
     saved = load_memory(tuned.bundle_dir, bundle.memory["weights"])
@@ -535,6 +537,26 @@ def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, 
     logits = torch_pred.raw(batch)["logits"][:, 1]
     assert np.allclose(with_memory.tile_scores[:, 1], _sigmoid(logits + 1.5 * surprise), atol=1e-5)
     assert np.allclose(score_photo(rgb, onnx_pred, prep).tile_scores, with_memory.tile_scores, atol=2e-3)
+
+    # The registered MLflow pyfunc scores tiles as triage does when told their levels; without them it
+    # gives the network's own probabilities, which leave the memory out.
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        pyfunc = mlflow.pyfunc.load_model(tuned.registered["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    levels = [float(t.scale) for t in tiles]
+    by_level = pyfunc.predict(batch, params={"levels": levels})
+    assert np.allclose(by_level, with_memory.tile_scores, atol=1e-5)
+    assert np.allclose(pyfunc.predict(batch), torch_pred.run(batch), atol=1e-5)
+    assert not np.allclose(by_level[:, 1], torch_pred.run(batch)[:, 1], atol=1e-3)
+    with pytest.raises(ValueError, match="one pyramid level per tile"):
+        pyfunc.predict(batch, params={"levels": levels[:-1]})
 
     # A damaged memory names its file; a detector recipe cannot ask for one.
     (tuned.bundle_dir / MEMORY_FILE).write_bytes(b"not an npz")

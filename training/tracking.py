@@ -270,7 +270,7 @@ def log_bundle(
             warnings.simplefilter("ignore", UserWarning)  # "add type hints": the signature is explicit
             from models.mlflow_pyfunc import log_bundle_model
 
-            info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name)
+            info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name, task=task)
     finally:
         pyfunc_log.setLevel(level)
     version = None
