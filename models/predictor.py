@@ -37,6 +37,11 @@ class Predictor:
         # models.memory.PatchMemory: a buyer's good tiles; raw() then also gives the tiles' "patches".
         self.memory = memory
 
+    def with_bundle(self, bundle: ModelBundle) -> Predictor:
+        """The same loaded network, read with ``bundle``'s settings (thresholds, calibration, scoring):
+        for trying a setting without loading the weights again."""
+        return Predictor(bundle, self.backend, self.device, self._runner, self.memory)
+
     @property
     def families(self) -> list[str]:
         return list(self.bundle.families)

@@ -171,6 +171,81 @@ def test_a_fine_tuned_detector_decodes_its_boxes_as_its_starting_model_does(po, 
     assert load_bundle(fresh.bundle_dir).config["detector"]["score_threshold"] == 0.1
 
 
+def test_calibrate_refits_a_models_thresholds_at_a_recipes_targets_and_leaves_the_model_as_it_was(
+    po, data_dir, tmp_path
+):
+    import mlflow
+    import torch
+    import yaml
+    from typer.testing import CliRunner
+
+    from datasets.reader import read_dataset
+    from loupe.cli import app
+    from models.bundle import load_bundle
+    from models.predictor import load_predictor
+    from training.calibrate import fit_thresholds
+    from training.engine import train
+    from training.evaluate import run_on_photos
+
+    # Stitching, logo and label calibrated per pyramid level, as in the per-level test below.
+    per_level = {"per_level": ["stitching", "logo", "label"], "per_level_min_photos": 3}
+    config = _config(
+        "classifier", steps_per_epoch=36, calibration=per_level, prep={**PREP, "levels": [1.0, 0.5]}
+    )
+    source = train("classifier", config, po, val_data=po, track=False, log=lambda m: None)
+    before = {p.name: p.read_bytes() for p in source.bundle_dir.iterdir()}
+    assert load_bundle(source.bundle_dir).calibration.get("levels")
+    targets = {"target_recall": 0.8, "review_recall": 0.9}
+    recipe = config.model_copy(update={"calibration": config.calibration.model_copy(update=targets)})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json")), encoding="utf-8")
+    out = tmp_path / "recalibrated"
+    args = ["calibrate", "--model", str(source.bundle_dir), "--data", str(po), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--config", str(tmp_path / "recipe.yaml"), "--version", "1.1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(str(out))
+
+    bundle = load_bundle(out)
+    original = load_bundle(source.bundle_dir)
+    assert bundle.version == "1.1" and bundle.config["calibration"]["target_recall"] == 0.8
+    assert original.config["calibration"]["target_recall"] == 0.95
+    assert bundle.config["lr"] == original.config["lr"]  # the training record stays
+    weights = torch.load(out / "weights.pt", weights_only=True)
+    trained = torch.load(source.bundle_dir / "weights.pt", weights_only=True)
+    assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in trained)
+    assert {p.name: p.read_bytes() for p in source.bundle_dir.iterdir()} == before
+    assert "## Recalibrated as version 1.1" in bundle.card and "loupe calibrate --model" in bundle.card
+
+    # Its calibration and thresholds are what the recipe's targets give on the 12 photos as the network
+    # scores them, per level before the max, uncalibrated (the old per-level fits play no part).
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    network = load_predictor(out).with_bundle(bundle.model_copy(update={"calibration": {}}))
+    plain = run_on_photos(dataset, ids, network, bundle.prep, n_panels=0)
+    calibration, thresholds = fit_thresholds(
+        plain.raw, plain.labels, plain.families, 0.8, 0.9, level_raw=plain.level_raw, levels=plain.levels,
+        level_families=per_level["per_level"], level_min_photos=3,
+    )  # fmt: skip
+    fitted = bundle.calibration["levels"]
+    assert fitted.keys() == calibration["levels"].keys() and fitted != original.calibration["levels"]
+    for family, per_level_fit in calibration["levels"].items():
+        for level, platt in per_level_fit.items():
+            assert fitted[family][level] == pytest.approx(platt, rel=1e-4)
+    for family, t in thresholds.items():
+        assert bundle.thresholds[family] == pytest.approx(t, rel=1e-5)
+        assert bundle.calibration[family] == pytest.approx(calibration[family], rel=1e-5)
+    assert bundle.thresholds != original.thresholds
+    assert bundle.metrics["val_photos"] == 12
+
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("loupe-calibrate").experiment_id])
+    assert run.data.params["recipe"] == str(tmp_path / "recipe.yaml") and run.data.metrics
+
+    # Its own folder is refused: the model it reads would be overwritten.
+    again = CliRunner().invoke(app, ["calibrate", "--model", str(out), "--data", str(po), "--out", str(out)])
+    assert again.exit_code == 2 and "own folder" in again.output
+
+
 def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po, data_dir):
     import torch
 

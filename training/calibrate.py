@@ -14,6 +14,8 @@ per pyramid level, so the max over tiles compares levels on one scale: see
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -186,6 +188,20 @@ def fit_thresholds(
     if level_calibration:
         calibration["levels"] = level_calibration
     return calibration, calibrate_thresholds(probs, labels, families, target_recall, review_recall)
+
+
+def recipe_fit(settings: Any, families: tuple[str, ...] | list[str]) -> Callable[..., tuple[dict, dict]]:
+    """``fit(raw, labels, level_raw=..., levels=...)`` -> (calibration, thresholds) with a recipe's
+    calibration settings (:class:`training.config.CalibrationSettings`): what training and
+    ``loupe calibrate`` both fit on validation photos."""
+
+    def fit(raw: np.ndarray, labels: np.ndarray, **levels: Any) -> tuple[dict, dict]:
+        return fit_thresholds(
+            raw, labels, families, settings.target_recall, settings.review_recall,
+            level_families=settings.per_level, level_min_photos=settings.per_level_min_photos, **levels,
+        )  # fmt: skip
+
+    return fit
 
 
 def apply_calibration(

@@ -56,30 +56,8 @@ def model_card(
         "",
         "## Validation (whole photos, cross-fitted calibrated scores, at the flag threshold)",
         "",
-        "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *validation_table(bundle, report),
     ]
-    for family, m in report["per_family"].items():
-        t = bundle.thresholds.get(family, {})
-        lines.append(
-            f"| {family} | {m['n_positive']} | {m['n_negative']} | {_fmt(m['auroc'])} | "
-            f"{_fmt(m['average_precision'])} | {_fmt(t.get('flag'))} | {_fmt(t.get('review'))} | "
-            f"{_fmt(m['recall'])} | {_fmt(m['false_flag_rate'])} |"
-        )
-    t = report.get("triage")
-    if t and t["defective_photos"] and t["good_photos"]:
-        lines += [
-            "",
-            f"A photo is flagged when any family reaches its flag threshold: {_fmt(t['defective_flagged'])} "
-            f"of the {t['defective_photos']} photos with a defect and {_fmt(t['good_flagged'])} of the "
-            f"{t['good_photos']} good ones.",
-        ]
-    if "map" in report:
-        mp = report["map"]
-        lines += [
-            "",
-            f"Detector mAP@0.5 {_fmt(mp['map50'])}, mAP@[.5:.95] {_fmt(mp['map50_95'])} (pycocotools).",
-        ]
     target = cfg["calibration"]["target_recall"]
     review = cfg["calibration"]["review_recall"]
     lines += [
@@ -132,3 +110,56 @@ def _level_lines(bundle: Any, cfg: dict) -> list[str]:
             "max over tiles."
         )
     return lines
+
+
+def validation_table(bundle: Any, report: dict) -> list[str]:
+    """Markdown lines: per family the photo counts, AUROC, AP, shipped thresholds, recall and false
+    flags (the report's cross-fitted figures), the photo-level shares, and a detector's mAP."""
+    lines = [
+        "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for family, m in report["per_family"].items():
+        t = bundle.thresholds.get(family, {})
+        lines.append(
+            f"| {family} | {m['n_positive']} | {m['n_negative']} | {_fmt(m['auroc'])} | "
+            f"{_fmt(m['average_precision'])} | {_fmt(t.get('flag'))} | {_fmt(t.get('review'))} | "
+            f"{_fmt(m['recall'])} | {_fmt(m['false_flag_rate'])} |"
+        )
+    t = report.get("triage")
+    if t and t["defective_photos"] and t["good_photos"]:
+        lines += [
+            "",
+            f"A photo is flagged when any family reaches its flag threshold: {_fmt(t['defective_flagged'])} "
+            f"of the {t['defective_photos']} photos with a defect and {_fmt(t['good_flagged'])} of the "
+            f"{t['good_photos']} good ones.",
+        ]
+    if "map" in report:
+        mp = report["map"]
+        lines += [
+            "",
+            f"Detector mAP@0.5 {_fmt(mp['map50'])}, mAP@[.5:.95] {_fmt(mp['map50_95'])} (pycocotools).",
+        ]
+    return lines
+
+
+def recalibration_card(bundle: Any, report: dict, fitted_on: str, recipe: str | None, command: str) -> str:
+    """``bundle``'s card with a section for its recalibration (``loupe calibrate``): on which photos,
+    with which recipe's scoring settings, the new cross-fitted table and the command."""
+    settings = f", with the scoring settings of `{recipe}`" if recipe else ""
+    lines = [
+        bundle.card.rstrip(),
+        "",
+        f"## Recalibrated as version {bundle.version}",
+        "",
+        f"Calibration and thresholds fitted again on {fitted_on}, the weights unchanged{settings}. This "
+        "table (cross-fitted, as above) replaces the validation table above:",
+        "",
+        *validation_table(bundle, report),
+        "",
+        "```",
+        command,
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

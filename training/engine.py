@@ -561,7 +561,7 @@ def finish(
     from models.bundle import ModelBundle, save_bundle
     from models.predictor import Predictor
     from training import tracking
-    from training.calibrate import fit_thresholds
+    from training.calibrate import recipe_fit
     from training.card import model_card
     from training.data import SUBTYPE_NAMES
     from training.evaluate import cross_fitted, ground_truth, photo_report, run_on_photos
@@ -597,13 +597,7 @@ def finish(
     t0 = time.perf_counter()
     run = run_on_photos(split.val, val_ids, predictor, config.prep, log=log)
 
-    def fit(raw: np.ndarray, labels: np.ndarray, **levels: Any) -> tuple[dict, dict]:
-        c = config.calibration
-        return fit_thresholds(
-            raw, labels, families, c.target_recall, c.review_recall,
-            level_families=c.per_level, level_min_photos=c.per_level_min_photos, **levels,
-        )  # fmt: skip
-
+    fit = recipe_fit(config.calibration, families)
     # The shipped calibration and thresholds use every validation photo (a buyer's fine-tune has few);
     # the reported figures are cross-fitted, each half judged at what the other half chose.
     calibration, thresholds = fit(run.raw, run.labels, **run.fit_args())

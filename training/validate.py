@@ -30,21 +30,12 @@ def validate(
     With both models the detector's report also has ``map_supported``: mAP of its boxes as triage
     scores them, tempered by the classifier (:func:`models.photo.supported_detections`).
     """
-    from datasets.manifest import manifest_of
-    from datasets.reader import read_dataset
     from models.predictor import load_predictor
     from training.evaluate import ground_truth, photo_report, run_on_photos
 
     refs = [(model_ref, "classifier")] + ([(detector_ref, "detector")] if detector_ref else [])
     folders = [_resolve(ref, task) for ref, task in refs]  # a bad ref fails before the dataset is hashed
-    dataset = read_dataset(Path(data))
-    manifest = manifest_of(dataset)
-    ids = [im["id"] for im in dataset.coco["images"]]
-    if split is not None:
-        split_of = {m.file_name: m.split for m in manifest.images}
-        ids = [im["id"] for im in dataset.coco["images"] if split_of.get(im["file_name"]) == split]
-    if not ids:
-        raise ValueError(f"{data}: no photos to evaluate{f' in split {split!r}' if split else ''}")
+    dataset, ids, data_version = _photos(data, split)
     reports: dict[str, dict[str, Any]] = {}
     classifier_run = None
     for (ref, _), folder in zip(refs, folders, strict=True):
@@ -60,8 +51,110 @@ def validate(
         report = photo_report(run, bundle.calibration, bundle.thresholds, gt)
         reports[bundle.ref] = report
         if track:
-            _log_val(bundle, ref, data, manifest.version, split, report, run)
+            _log_val(bundle, ref, data, data_version, split, report, run)
     return reports
+
+
+def _photos(data: str | Path, split: str | None) -> tuple[Any, list[int], str]:
+    """The dataset at ``data``, the ids of its photos (only ``split``'s, when given) and its version."""
+    from datasets.manifest import manifest_of
+    from datasets.reader import read_dataset
+
+    dataset = read_dataset(Path(data))
+    manifest = manifest_of(dataset)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    if split is not None:
+        split_of = {m.file_name: m.split for m in manifest.images}
+        ids = [im["id"] for im in dataset.coco["images"] if split_of.get(im["file_name"]) == split]
+    if not ids:
+        raise ValueError(f"{data}: no photos to evaluate{f' in split {split!r}' if split else ''}")
+    return dataset, ids, manifest.version
+
+
+def recalibrate(
+    model_ref: str,
+    data: str | Path,
+    out: str | Path,
+    task: str = "classifier",
+    recipe: str | None = None,
+    split: str | None = None,
+    version: str | None = None,
+    track: bool = True,
+    threads: int = 2,
+    command: str = "",
+    log=print,
+) -> Path:
+    """Fit a saved model's calibration and thresholds again on ``data``'s photos, as training fits them
+    on its validation photos, and write the model with them as a new bundle in ``out``; returns it.
+
+    The weights stay as they are. ``recipe`` (a training recipe) replaces the bundle's scoring settings
+    with the recipe's: the calibration targets and per-level families, and a detector's decoding
+    (``detector``); without it the bundle's own are kept. Use it to set a model's thresholds on a
+    buyer's own labelled photos, or at another target recall, without training it again.
+    """
+    import shutil
+
+    import torch
+
+    from models.bundle import WEIGHTS_FILE, save_bundle
+    from models.memory import MEMORY_FILE
+    from models.predictor import load_predictor
+    from training.calibrate import recipe_fit
+    from training.card import recalibration_card
+    from training.config import CalibrationSettings, load_train_config
+    from training.engine import _jsonable
+    from training.evaluate import cross_fitted, ground_truth, photo_report, run_on_photos
+
+    folder = _resolve(model_ref, task)
+    out = Path(out)
+    if out.resolve() == folder.resolve():
+        raise ValueError(f"{out}: is {model_ref}'s own folder; write the recalibrated model to a new folder")
+    source = load_predictor(folder, backend="torch", device="auto", threads=threads)
+    bundle = source.bundle
+    config = dict(bundle.config)
+    if recipe is not None:
+        sections = ("calibration", "detector") if bundle.task == "detector" else ("calibration",)
+        resolved = load_train_config(recipe, bundle.task).model_dump(mode="json")
+        config.update({name: resolved[name] for name in sections})
+    bundle = bundle.model_copy(update={"config": config, "version": version or f"{bundle.version}-cal"})
+    # Scored as the network and its memory score them, before any calibration: the old per-level
+    # Platt fits must not shape the new ones.
+    predictor = source.with_bundle(bundle.model_copy(update={"calibration": {}}))
+    dataset, ids, data_version = _photos(data, split)
+    log(f"calibrating {bundle.ref} ({bundle.task}) on {len(ids)} photos of {data}")
+    run = run_on_photos(dataset, ids, predictor, bundle.prep, log=log)
+    fit = recipe_fit(CalibrationSettings(**config.get("calibration", {})), bundle.families)
+    calibration, thresholds = fit(run.raw, run.labels, **run.fit_args())
+    bundle = bundle.model_copy(update={"calibration": calibration, "thresholds": thresholds})
+    gt = ground_truth(dataset, ids) if bundle.task == "detector" else None
+    report = photo_report(run, calibration, thresholds, gt, cross_fit=cross_fitted(run, fit))
+    metrics = {**bundle.metrics, **report["flat"], "val_photos": len(ids), "per_family": report["per_family"]}
+    if "map" in report:
+        metrics["map"] = report["map"]
+    in_split = f", split {split}" if split else ""
+    fitted_on = f"{len(ids)} photos of `{data}` (dataset version `{data_version}`{in_split})"
+    command = command or f"loupe calibrate --model {model_ref} --data {data} --out {out}"
+    card = recalibration_card(bundle, report, fitted_on, recipe, command)
+    bundle = bundle.model_copy(update={"metrics": _jsonable(metrics), "card": card})
+    weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    save_bundle(bundle, weights, out, half=bundle.weights_dtype == "float16")
+    if bundle.memory:
+        shutil.copy2(folder / MEMORY_FILE, out / MEMORY_FILE)
+    if track:
+        from training import tracking
+
+        params = {"model": model_ref, "bundle": bundle.ref, "task": bundle.task, "data": str(data)}
+        params |= {"split": split or "all", "recipe": recipe or "the bundle's own"}
+        with tracking.tracked_run(
+            "loupe-calibrate", f"calibrate-{bundle.name}", params, data_version=data_version,
+            tags={"loupe.task": "calibrate"},
+        ):  # fmt: skip
+            tracking.log_metrics(report["flat"])
+            tracking.log_dict_artifact(
+                {"thresholds": thresholds, "calibration": calibration}, "thresholds.json"
+            )
+    log(f"bundle written: {out}")
+    return out
 
 
 def _log_val(bundle, ref: str, data, data_version: str, split: str | None, report: dict, run) -> None:

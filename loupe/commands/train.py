@@ -176,6 +176,53 @@ def val(
         typer.echo(format_report(report))
 
 
+@app.command("calibrate")
+def calibrate(
+    model: str = typer.Option(..., "--model", help="'default', a bundle folder or models:/name@alias"),
+    data: Path = typer.Option(
+        ..., "--data", help="labelled photos to fit on (any format `loupe data` reads)"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for the recalibrated bundle (not the model's own)"),
+    task: str = typer.Option(
+        "classifier", "--task", help="classifier or detector (for 'default' / models:/)"
+    ),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        help="take this recipe's calibration targets (and a detector's decoding); default: the bundle's own",
+    ),
+    split: str | None = typer.Option(None, "--split", help="only this manifest split (train/val/test)"),
+    version: str | None = typer.Option(
+        None, "--version", help="the new bundle's version (default <old>-cal)"
+    ),
+    no_track: bool = typer.Option(False, "--no-track", help="do not log the calibration to MLflow"),
+) -> None:
+    """Fit a model's calibration and thresholds again on labelled photos (weights unchanged); prints
+    the new bundle folder.
+
+    Example: loupe calibrate --model default --data buyer/ --out models/buyer-classifier
+    """
+    _passive_omp_threads()
+    from configs import ConfigError
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.validate import recalibrate
+
+    options = {"--task": None if task == "classifier" else task, "--config": config, "--split": split}
+    options["--version"] = version
+    command = f"loupe calibrate --model {model} --data {data} --out {out}" + "".join(
+        f" {flag} {value}" for flag, value in options.items() if value
+    )
+    try:
+        folder = recalibrate(
+            model, data, out, task=task, recipe=config, split=split, version=version,
+            track=not no_track, command=command, log=typer.echo,
+        )  # fmt: skip
+    except (ModelRefError, ModelFileError, ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(str(folder))
+
+
 @app.command("export")
 def export(
     model: str = typer.Option(..., "--model", help="'default', a bundle folder or models:/name@alias"),
