@@ -19,7 +19,7 @@ def runner(tmp_path, monkeypatch):
 def test_verbs_are_registered(runner):
     out = runner.invoke(app, ["train", "--help"])
     assert out.exit_code == 0 and "classifier" in out.output and "detector" in out.output
-    for verb in ("val", "export"):
+    for verb in ("val", "calibrate", "export"):
         assert runner.invoke(app, [verb, "--help"]).exit_code == 0
 
 

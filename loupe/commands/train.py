@@ -200,7 +200,7 @@ def calibrate(
     """Fit a model's calibration and thresholds again on labelled photos (weights unchanged); prints
     the new bundle folder.
 
-    Example: loupe calibrate --model default --data buyer/ --out models/buyer-classifier
+    Example: loupe calibrate --model default --data buyer/ --out data/buyer-classifier
     """
     _passive_omp_threads()
     from configs import ConfigError
