@@ -37,7 +37,7 @@ def test_train_on_a_missing_dataset_fails_clearly(runner, tmp_path):
     assert out.exit_code == 2 and "does not exist" in out.output
 
 
-def test_val_and_export_with_unknown_model_ref_say_what_refs_work(runner, tmp_path):
+def test_val_calibrate_and_export_with_unknown_model_ref_say_what_refs_work(runner, tmp_path):
     (tmp_path / "ds").mkdir()
     out = runner.invoke(
         app, ["val", "--model", "no/such/bundle", "--data", str(tmp_path / "ds"), "--no-track"]
@@ -46,3 +46,8 @@ def test_val_and_export_with_unknown_model_ref_say_what_refs_work(runner, tmp_pa
     assert "'no/such/bundle' not found" in out.output and "models:/loupe-classifier@champion" in out.output
     out = runner.invoke(app, ["export", "--model", "no/such/bundle", "--format", "onnx"])
     assert out.exit_code == 2 and "models:/loupe-classifier@champion" in out.output
+    out = runner.invoke(
+        app, ["calibrate", "--model", "no/such/bundle", "--data", str(tmp_path / "ds"), "--out", "cal"]
+    )
+    assert out.exit_code == 2 and "'no/such/bundle' not found" in out.output
+    assert not (tmp_path / "cal").exists()
