@@ -8,6 +8,9 @@ per photo; the machine may be shared, so run it when nothing else is.
 
     .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2] [--memory BUNDLE]
 
+A detector whose bundle also reads the photo mirrored (``detector.mirror``) is also timed against the
+same detector reading it once.
+
 ``--memory`` also times a classifier bundle that has a memory of a buyer's good tiles (a fine-tune
 with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime.
 """
@@ -80,6 +83,22 @@ def main() -> None:
             for backend, ms in per_backend.items():
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
+    shipped = load_predictor(refs["detector"], "onnx", "cpu", 1)
+    if (shipped.bundle.config.get("detector") or {}).get("mirror"):
+        # The baseline: the same detector reading the photo once (no mirrored view).
+        config = shipped.bundle.config
+        once = shipped.bundle.model_copy(
+            update={"config": {**config, "detector": {**config["detector"], "mirror": False}}}
+        )
+        print(f"\n{'detector (ONNX Runtime)':<28}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
+        for threads in args.threads:
+            predictor = load_predictor(refs["detector"], "onnx", "cpu", threads)
+            per_arm = {}
+            for name, arm in (("one view", predictor.with_bundle(once)), ("as shipped (mirror)", predictor)):
+                detect_photo(works[0], arm, prep)  # warm-up
+                per_arm[name] = statistics.median(timed(detect_photo, w, arm, prep)[1] for w in works)
+            for name, ms in per_arm.items():
+                print(f"{name:<28}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
     if args.memory:
         print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
         for threads in args.threads:

@@ -205,24 +205,96 @@ def detect_photo(
     top_k: int | None = None,
     merge_iou: float | None = None,
     home_level_only: bool | None = None,
+    mirror: bool | None = None,
 ) -> list[Detection]:
     """Box defects on a working-scale photo: detect per tile, merge back to photo (working) pixels.
 
     Returns ``[(box_xyxy_work_px, score, family, subtype)]`` sorted by score. ``tiles`` restricts
     detection to those tiles (:class:`cv.tiling.Tile` objects or indices into the photo's tile grid,
     e.g. the ones the classifier flagged); default: every tile. Decoding settings default to the
-    ones saved in the bundle's training config (``config.detector``).
+    ones saved in the bundle's training config (``config.detector``). With ``mirror`` the photo
+    mirrored left-right is read too and the two views' boxes fused (:func:`fuse_views`); not with
+    ``tiles``, whose grid the mirrored photo does not share.
     """
-    from cv.prep import home_level, prepare_tiles, tile_boxes_to_tile_px
-    from cv.tiling import merge_tile_detections
-
     prep = as_prep(prep)
     saved = (getattr(detector_predictor.bundle, "config", None) or {}).get("detector", {})
-    score_threshold = saved.get("score_threshold", 0.1) if score_threshold is None else score_threshold
-    top_k = saved.get("top_k", 50) if top_k is None else top_k
-    merge_iou = saved.get("merge_iou", 0.5) if merge_iou is None else merge_iou
-    if home_level_only is None:
-        home_level_only = saved.get("home_level_only", False)
+    settings = {
+        name: saved.get(name, default) if given is None else given
+        for name, given, default in (
+            ("score_threshold", score_threshold, 0.1),
+            ("top_k", top_k, 50),
+            ("merge_iou", merge_iou, 0.5),
+            ("home_level_only", home_level_only, False),
+        )
+    }
+    if mirror is None:
+        mirror = saved.get("mirror", False)
+    found = _detect_view(rgb_work, detector_predictor, prep, tiles, **settings)
+    if not mirror or tiles is not None:
+        return found
+    w = rgb_work.shape[1]
+    mirrored = _detect_view(
+        np.ascontiguousarray(rgb_work[:, ::-1]), detector_predictor, prep, None, **settings
+    )
+    back = [((w - b[2], b[1], w - b[0], b[3]), score, family, sub) for b, score, family, sub in mirrored]
+    return fuse_views(found, back)
+
+
+# Boxes of the two views of one defect overlap at least this much (IoU) to be fused: the threshold of
+# weighted boxes fusion (Solovyev et al. 2021).
+FUSE_IOU = 0.55
+
+
+def fuse_views(plain: list[Detection], mirrored: list[Detection], iou: float = FUSE_IOU) -> list[Detection]:
+    """One list of boxes from a photo's two views (weighted boxes fusion of two views), strongest first.
+
+    Each box of ``plain``, strongest first, takes the unmatched box of the same family in ``mirrored``
+    (already mapped back) that overlaps it most, at IoU ``iou`` or more: the pair becomes one box, its
+    corners the score-weighted mean of the two, its score their mean, its subtype the stronger one's.
+    A box the other view did not find keeps half its score, as if the other view scored it 0. Why:
+    on four POs this lifted mAP@0.5 of the boxes as triage scores them by 0.006 to 0.045
+    (configs/train_detector.yaml). Not ensemble-boxes: it pulls in numba and pandas for these lines.
+    """
+    out: list[Detection] = []
+    free = list(range(len(mirrored)))
+    for box, score, family, sub in sorted(plain, key=lambda d: -d[1]):
+        overlaps = [(box_iou(box, mirrored[j][0]), j) for j in free if mirrored[j][2] == family]
+        best, j = max(overlaps, default=(0.0, -1))
+        if best < iou:
+            out.append((box, score * 0.5, family, sub))
+            continue
+        free.remove(j)
+        other, other_score, _, other_sub = mirrored[j]
+        weights = np.array([score, other_score], np.float64)
+        corners = np.average(np.array([box, other], np.float64), axis=0, weights=weights)
+        stronger = sub if score >= other_score else other_sub
+        out.append((tuple(float(v) for v in corners), (score + other_score) / 2, family, stronger))
+    out.extend((b, score * 0.5, family, sub) for b, score, family, sub in (mirrored[j] for j in free))
+    return sorted(out, key=lambda d: -d[1])
+
+
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over union of two xyxy boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _detect_view(
+    rgb_work: np.ndarray,
+    detector_predictor: Any,
+    prep: Any,
+    tiles: list | None,
+    score_threshold: float,
+    top_k: int,
+    merge_iou: float,
+    home_level_only: bool,
+) -> list[Detection]:
+    """:func:`detect_photo` on one view of the photo, with its decoding settings resolved."""
+    from cv.prep import home_level, prepare_tiles, tile_boxes_to_tile_px
+    from cv.tiling import merge_tile_detections
 
     batch, grid = prepare_tiles(rgb_work, prep)
     keep = list(range(len(grid)))

@@ -151,3 +151,76 @@ def test_a_bundle_calibrated_per_level_scores_each_level_through_its_own_platt_b
     assert calibrated.tiles[calibrated.best_tile["stitching"]].scale == 0.25
     # Families without per-level parameters keep their scores.
     np.testing.assert_array_equal(calibrated.raw[1:], plain.raw[1:])
+
+
+def test_two_views_boxes_fuse_by_score_and_a_box_one_view_missed_keeps_half_its_score():
+    from models.photo import fuse_views
+
+    plain = [
+        ((0.0, 0.0, 10.0, 10.0), 0.8, "logo", "smudged_print"),
+        ((100.0, 100.0, 110.0, 110.0), 0.6, "label", None),
+    ]
+    mirrored = [
+        ((1.0, 0.0, 11.0, 10.0), 0.4, "logo", "offset_logo"),
+        ((100.0, 100.0, 110.0, 110.0), 0.5, "stitching", None),
+    ]
+    fused = fuse_views(plain, mirrored)
+    # The logos overlap at IoU 90/110: one box, corners weighted 0.8 : 0.4, the stronger view's subtype.
+    assert [(d[2], round(d[1], 6), d[3]) for d in fused] == [
+        ("logo", 0.6, "smudged_print"),
+        ("label", 0.3, None),  # the other view's box there is another family's
+        ("stitching", 0.25, None),
+    ]
+    np.testing.assert_allclose(fused[0][0], [1 / 3, 0.0, 10 + 1 / 3, 10.0], atol=1e-9)
+    # Below the fusion IoU the two stay apart, each at half its score.
+    apart = fuse_views(plain[:1], [((5.0, 0.0, 15.0, 10.0), 0.4, "logo", None)])
+    assert [round(d[1], 6) for d in apart] == [0.4, 0.2]
+
+
+class BrightPatch:
+    """A detector that boxes the tile's bright patch (channel 0) 4 input px right of where it is, scoring
+    0.8 when the patch's green ramp is brighter on its left and 0.4 when it is brighter on its right. The
+    mirrored view sees the ramp reversed and its box 4 px left once mapped back; the detector stands in
+    so the fused box and score are known exactly (tiling, mirroring, merging and fusion are real)."""
+
+    families = ("stitching", "logo", "label")
+    subtypes = ()
+    bundle = SimpleNamespace(config={"detector": {"mirror": True, "score_threshold": 0.1}})
+
+    def detect(self, batch, score_threshold, top_k):
+        out = []
+        for tile in batch:
+            ys, xs = np.nonzero(tile[0] > 0.5)
+            if not len(xs):
+                out.append(
+                    Detections(
+                        np.zeros((0, 4), np.float32),
+                        np.zeros(0, np.float32),
+                        np.zeros(0, int),
+                        np.zeros(0, int),
+                    )
+                )
+                continue
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            mid = (x0 + x1) / 2
+            left, right = tile[1, y0:y1, x0 : int(mid)].mean(), tile[1, y0:y1, int(mid) : x1].mean()
+            box = np.array([[x0 + 4, y0, x1 + 4, y1]], np.float32)
+            out.append(
+                Detections(
+                    box, np.array([0.8 if left > right else 0.4], np.float32), np.array([0]), np.array([-1])
+                )
+            )
+        return out
+
+
+def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255
+    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)  # brighter on the left
+    plain = detect_photo(work, BrightPatch(), prep, mirror=False)
+    assert [(d[0], round(d[1], 6)) for d in plain] == [((204.0, 100.0, 284.0, 140.0), 0.8)]
+    (fused,) = detect_photo(work, BrightPatch(), prep)  # the bundle asks for the mirror
+    # The mirrored view: score 0.4, box 4 px left once mapped back; corners weighted 0.8 : 0.4.
+    np.testing.assert_allclose(fused[0], [200 + 4 / 3, 100.0, 280 + 4 / 3, 140.0], atol=1e-4)
+    assert fused[1] == pytest.approx(0.6) and fused[2] == "stitching"

@@ -154,6 +154,7 @@ def test_a_fine_tuned_detector_decodes_its_boxes_as_its_starting_model_does(po, 
 
     quiet = {"track": False, "log": lambda m: None}
     decoding = {"score_threshold": 0.3, "top_k": 20, "merge_iou": 0.4, "home_level_only": True}
+    decoding["mirror"] = True
     source = train("detector", _config("detector", epochs=1, detector=decoding), po, **quiet)
     lines: list[str] = []
     # The recipe decodes at other settings and trains with its own loss weights.

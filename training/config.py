@@ -122,6 +122,11 @@ class DetectorSettings(BaseModel):
         description="keep a box only from the pyramid level it was trained at (the finest where it fits "
         "in a tile): one box per defect instead of one per level",
     )
+    mirror: bool = Field(
+        False,
+        description="also read the photo mirrored left-right and fuse the two views' boxes "
+        "(models.photo.fuse_views): twice the detector's time",
+    )
 
 
 class EarlyStopping(BaseModel):
