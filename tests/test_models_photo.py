@@ -11,6 +11,9 @@ from cv.prep import PrepSettings, prepare_tiles
 from models.decode import Detections
 from models.photo import detect_photo
 
+NO_BOXES = Detections(
+    np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, int), np.zeros(0, int)
+)
 PREP = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0, 0.25))
 
 
@@ -38,14 +41,7 @@ class OneDefectEverywhere:
             x0, y0 = max(self.box[0], t.x), max(self.box[1], t.y)
             x1, y1 = min(self.box[2], t.x + t.w), min(self.box[3], t.y + t.h)
             if x1 <= x0 or y1 <= y0:
-                out.append(
-                    Detections(
-                        np.zeros((0, 4), np.float32),
-                        np.zeros(0, np.float32),
-                        np.zeros(0, int),
-                        np.zeros(0, int),
-                    )
-                )
+                out.append(NO_BOXES)
                 continue
             in_input = (np.array([[x0 - t.x, y0 - t.y, x1 - t.x, y1 - t.y]]) * t.scale).astype(np.float32)
             score = 0.9 if t.scale < 1 else 0.6
@@ -192,14 +188,7 @@ class BrightPatch:
         for tile in batch:
             ys, xs = np.nonzero(tile[0] > 0.5)
             if not len(xs):
-                out.append(
-                    Detections(
-                        np.zeros((0, 4), np.float32),
-                        np.zeros(0, np.float32),
-                        np.zeros(0, int),
-                        np.zeros(0, int),
-                    )
-                )
+                out.append(NO_BOXES)
                 continue
             x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
             mid = (x0 + x1) / 2
