@@ -208,8 +208,12 @@ def calibrate(
     from models.refs import ModelRefError
     from training.validate import recalibrate
 
-    options = {"--task": None if task == "classifier" else task, "--config": config, "--split": split}
-    options["--version"] = version
+    options = {
+        "--task": None if task == "classifier" else task,
+        "--config": config,
+        "--split": split,
+        "--version": version,
+    }
     command = f"loupe calibrate --model {model} --data {data} --out {out}" + "".join(
         f" {flag} {value}" for flag, value in options.items() if value
     )
