@@ -78,16 +78,25 @@ def _overlap_1d(a0: float, a1: float, b0: float, b1: float) -> float:
     return inter / shorter if shorter > 0 else 0.0
 
 
+def _intersection_and_areas(a, b) -> tuple[float, float, float]:
+    """Intersection area of two xyxy boxes, and each box's area."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter, (a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1])
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two xyxy boxes."""
+    inter, area_a, area_b = _intersection_and_areas(a, b)
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _match(a: np.ndarray, ea: np.ndarray, b: np.ndarray, eb: np.ndarray, thr: float) -> str | None:
     """How box ``b`` (weaker) relates to ``a``: "union" (pieces of one defect), "drop" (a duplicate
     of ``a``) or None (another defect)."""
-    ix0, iy0 = max(a[0], b[0]), max(a[1], b[1])
-    ix1, iy1 = min(a[2], b[2]), min(a[3], b[3])
-    inter = max(0.0, ix1 - ix0) * max(0.0, iy1 - iy0)
+    inter, area_a, area_b = _intersection_and_areas(a, b)
     if inter <= 0:
         return None
-    area_a = (a[2] - a[0]) * (a[3] - a[1])
-    area_b = (b[2] - b[0]) * (b[3] - b[1])
     if inter / max(min(area_a, area_b), 1e-9) >= thr:
         # Only a piece cut by a tile border extends the box; an uncut weaker box over it is a
         # duplicate, and growing the union with it would smear a good box over its weak neighbours.

@@ -255,6 +255,8 @@ def fuse_views(plain: list[Detection], mirrored: list[Detection], iou: float = F
     on four POs this lifted mAP@0.5 of the boxes as triage scores them by 0.006 to 0.045
     (configs/train_detector.yaml). Not ensemble-boxes: it pulls in numba and pandas for these lines.
     """
+    from cv.tiling import box_iou
+
     out: list[Detection] = []
     free = list(range(len(mirrored)))
     for box, score, family, sub in sorted(plain, key=lambda d: -d[1]):
@@ -271,15 +273,6 @@ def fuse_views(plain: list[Detection], mirrored: list[Detection], iou: float = F
         out.append((tuple(float(v) for v in corners), (score + other_score) / 2, family, stronger))
     out.extend((b, score * 0.5, family, sub) for b, score, family, sub in (mirrored[j] for j in free))
     return sorted(out, key=lambda d: -d[1])
-
-
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """Intersection over union of two xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _detect_view(
