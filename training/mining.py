@@ -1,4 +1,8 @@
-"""Hard negatives from a buyer's own photos: the tiles the starting model flags that hold no defect.
+"""Hard negatives from new photos: the tiles the starting model flags that hold no defect.
+
+The default's own stages mine them too (``configs/train_classifier.yaml``): a photo's score is the max
+over ~27 tiles, so a good photo's strongest tile decides its false flag, and random negatives seldom
+are that tile.
 
 A model moved to a new product or look flags what that look has and its training data had not (one
 team's crest in its own colours, a mesh's holes). A buyer's few dozen photos hold few defects to learn
