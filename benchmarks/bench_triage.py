@@ -45,6 +45,7 @@ def main() -> None:
     from cv.prep import working_photo
     from cv.quality import QualityConfig, assess_photo
     from datasets.synth import generate_po
+    from models.bundle import load_bundle
     from models.photo import as_prep, detect_photo, score_photo
     from models.predictor import load_predictor
     from models.refs import resolve_model_ref
@@ -55,7 +56,7 @@ def main() -> None:
     paths = sorted((folder / "images").glob("*.jpg"))
     quality = QualityConfig()
     refs = {task: resolve_model_ref(args.model, task) for task in ("classifier", "detector")}
-    prep = as_prep(load_predictor(refs["classifier"], "torch", "cpu", 1).bundle.prep)
+    prep = as_prep(load_bundle(refs["classifier"]).prep)
     print(f"{len(paths)} photos of {folder}; prep: work {prep.work_long_side} px, tile {prep.tile_size}, "
           f"input {prep.input_size}, levels {list(prep.levels)}")  # fmt: skip
 
@@ -83,11 +84,11 @@ def main() -> None:
             for backend, ms in per_backend.items():
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
-    shipped = load_predictor(refs["detector"], "onnx", "cpu", 1)
-    if (shipped.bundle.config.get("detector") or {}).get("mirror"):
+    shipped = load_bundle(refs["detector"])  # its settings only: no network loaded twice
+    if (shipped.config.get("detector") or {}).get("mirror"):
         # The baseline: the same detector reading the photo once (no mirrored view).
-        config = shipped.bundle.config
-        once = shipped.bundle.model_copy(
+        config = shipped.config
+        once = shipped.model_copy(
             update={"config": {**config, "detector": {**config["detector"], "mirror": False}}}
         )
         print(f"\n{'detector (ONNX Runtime)':<28}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
