@@ -8,8 +8,10 @@ per photo; the machine may be shared, so run it when nothing else is.
 
     .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2] [--memory BUNDLE]
 
-A detector whose bundle also reads the photo mirrored (``detector.mirror``) is also timed against the
-same detector reading it once.
+The detector is also timed reading every tile once (the baseline), with the photo mirrored too
+(``detector.mirror``) everywhere and only near the plain view's peaks (``detector.mirror_found_only``),
+and that only on the tiles the classifier points at (``detector.guide_threshold`` 0.1; off in the
+shipped detector).
 
 ``--memory`` also times a classifier bundle that has a memory of a buyer's good tiles (a fine-tune
 with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime.
@@ -46,7 +48,7 @@ def main() -> None:
     from cv.quality import QualityConfig, assess_photo
     from datasets.synth import generate_po
     from models.bundle import load_bundle
-    from models.photo import as_prep, detect_photo, score_photo
+    from models.photo import as_prep, detect_photo, guided_tiles, score_photo
     from models.predictor import load_predictor
     from models.refs import resolve_model_ref
 
@@ -84,22 +86,39 @@ def main() -> None:
             for backend, ms in per_backend.items():
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
+    # How the detector reads a photo, against reading every tile once: the mirrored view everywhere
+    # (detector.mirror) or only near the plain view's peaks (mirror_found_only), and that on the tiles
+    # the classifier points at (guide_threshold 0.1, the setting tried in configs/train_detector.yaml).
     shipped = load_bundle(refs["detector"])  # its settings only: no network loaded twice
-    if (shipped.config.get("detector") or {}).get("mirror"):
-        # The baseline: the same detector reading the photo once (no mirrored view).
-        config = shipped.config
-        once = shipped.model_copy(
-            update={"config": {**config, "detector": {**config["detector"], "mirror": False}}}
-        )
-        print(f"\n{'detector (ONNX Runtime)':<28}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
-        for threads in args.threads:
-            predictor = load_predictor(refs["detector"], "onnx", "cpu", threads)
-            per_arm = {}
-            for name, arm in (("one view", predictor.with_bundle(once)), ("as shipped (mirror)", predictor)):
-                detect_photo(works[0], arm, prep)  # warm-up
-                per_arm[name] = statistics.median(timed(detect_photo, w, arm, prep)[1] for w in works)
-            for name, ms in per_arm.items():
-                print(f"{name:<28}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
+    decoding = shipped.config.get("detector") or {}
+
+    def variant(**change):
+        return shipped.model_copy(update={"config": {**shipped.config, "detector": {**decoding, **change}}})
+
+    arms = {
+        "one view": variant(mirror=False, guide_threshold=0.0),
+        "mirrored everywhere": variant(mirror=True, mirror_found_only=False, guide_threshold=0.0),
+        "mirrored near peaks": variant(mirror=True, mirror_found_only=True, guide_threshold=0.0),
+        "near peaks, guided at 0.1": variant(mirror=True, mirror_found_only=True, guide_threshold=0.1),
+    }
+    classifier = load_predictor(refs["classifier"], "onnx", "cpu", 1)
+    guides = [score_photo(w, classifier, prep) for w in works]
+    print(f"\n{'detector (ONNX Runtime)':<28}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
+    for threads in args.threads:
+        predictor = load_predictor(refs["detector"], "onnx", "cpu", threads)
+        per_arm = {}
+        for name, bundle in arms.items():
+            arm = predictor.with_bundle(bundle)
+
+            def read(w, scores, arm=arm):
+                return detect_photo(w, arm, prep, tiles=guided_tiles(arm, prep, scores, prep))
+
+            read(works[0], guides[0])  # warm-up
+            per_arm[name] = statistics.median(
+                timed(read, w, g)[1] for w, g in zip(works, guides, strict=True)
+            )
+        for name, ms in per_arm.items():
+            print(f"{name:<28}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
     if args.memory:
         print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
         for threads in args.threads:

@@ -122,6 +122,12 @@ def same_working_photo(a: PrepSettings, b: PrepSettings) -> bool:
     return a.model_dump(include=fields) == b.model_dump(include=fields)
 
 
+def same_tiles(a: PrepSettings, b: PrepSettings) -> bool:
+    """Whether two prep settings cut the same tiles from a photo (:func:`prepare_tiles`' grid)."""
+    fields = {"tile_size", "tile_overlap", "levels"}
+    return same_working_photo(a, b) and a.model_dump(include=fields) == b.model_dump(include=fields)
+
+
 def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, float]:
     """Resize so the long side is ``work_long_side`` and apply the colour corrections.
 

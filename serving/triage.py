@@ -118,7 +118,13 @@ class Triage:
         from cv.decode import decode_photo
         from cv.prep import working_photo
         from cv.quality import assess_photo
-        from models.photo import calibrate_scores, detect_photo, score_photo, supported_detections
+        from models.photo import (
+            calibrate_scores,
+            detect_photo,
+            guided_tiles,
+            score_photo,
+            supported_detections,
+        )
 
         # One reduced decode, the same one training cut its crops from, serves the gate and the models.
         wp = working_photo(source, self.prep, max_pixels=self.quality_config.max_pixels, name=name)
@@ -151,7 +157,9 @@ class Triage:
                     source, self.detector_prep, max_pixels=self.quality_config.max_pixels, name=name
                 )
                 det_work, det_to_photo = dwp.rgb_work, dwp.to_photo
-            found = detect_photo(det_work, self.detector, self.detector_prep)
+            # Only where the classifier sees something, when the detector's bundle asks for it.
+            tiles = guided_tiles(self.detector, self.detector_prep, raw, self.prep)
+            found = detect_photo(det_work, self.detector, self.detector_prep, tiles=tiles)
             # Box scores tempered by the classifier's tiles under them (its working pixels: to_photo).
             found = supported_detections(found, raw, det_to_photo / to_photo)
             for box, score, family, subtype in found:

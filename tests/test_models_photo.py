@@ -213,3 +213,88 @@ def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
     # The mirrored view: score 0.4, box 4 px left once mapped back; corners weighted 0.8 : 0.4.
     np.testing.assert_allclose(fused[0], [200 + 4 / 3, 100.0, 280 + 4 / 3, 140.0], atol=1e-4)
     assert fused[1] == pytest.approx(0.6) and fused[2] == "stitching"
+
+
+class CountingBrightPatch(BrightPatch):
+    """BrightPatch that counts the tiles it reads, its bundle asking for the mirror at ``threshold``."""
+
+    def __init__(self, threshold: float = 0.1) -> None:
+        self.tiles_read = 0
+        self.bundle = SimpleNamespace(config={"detector": {"mirror": True, "score_threshold": threshold}})
+
+    def detect(self, batch, score_threshold, top_k):
+        self.tiles_read += len(batch)
+        out = []
+        for d in super().detect(batch, score_threshold, top_k):
+            keep = d.scores >= score_threshold  # as the real decoding does
+            out.append(Detections(d.boxes[keep], d.scores[keep], d.labels[keep], d.subtypes[keep]))
+        return out
+
+
+def test_the_mirrored_view_can_read_only_the_tiles_over_the_plain_views_boxes():
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255
+    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    grid = len(prepare_tiles(work, prep)[1])
+    everywhere, found_only = CountingBrightPatch(), CountingBrightPatch()
+    full = detect_photo(work, everywhere, prep)
+    fast = detect_photo(work, found_only, prep, mirror_found_only=True)
+    assert everywhere.tiles_read == 2 * grid
+    # Mirrored, the box (x 356-436) lies over two tiles of the first row (x 288-448 and 432-592): the
+    # mirrored view reads those two and finds what it found reading every tile.
+    assert found_only.tiles_read == grid + 2
+    assert fast == full
+    # A photo where the plain view finds nothing costs one view.
+    blank, counted = np.zeros_like(work), CountingBrightPatch()
+    assert detect_photo(blank, counted, prep, mirror_found_only=True) == []
+    assert counted.tiles_read == grid
+
+
+def test_a_peak_under_the_threshold_still_leads_the_mirrored_view_there():
+    # The ramp brighter on the right: the plain view scores the patch 0.4, under the threshold of 0.5
+    # but over half of it; the mirrored view scores it 0.8 and keeps it, at half its score once fused.
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255
+    work[100:140, 200:280, 1] = np.linspace(50, 250, 80).astype(np.uint8)
+    full = detect_photo(work, CountingBrightPatch(0.5), prep)
+    assert [round(d[1], 6) for d in full] == [0.4]
+    counted = CountingBrightPatch(0.5)
+    assert detect_photo(work, counted, prep, mirror_found_only=True) == full
+    assert counted.tiles_read == len(prepare_tiles(work, prep)[1]) + 2
+
+
+def test_the_detector_reads_only_the_tiles_its_classifier_points_at_when_its_bundle_asks():
+    from models.photo import PhotoScores, guided_tiles
+
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255  # the patch lies in the tile at x 144, y 0
+    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    grid = prepare_tiles(work, prep)[1]
+    tile_scores = np.zeros((len(grid), 3), np.float32)
+    at = {(t.x, t.y): i for i, t in enumerate(grid)}
+    tile_scores[at[(144, 0)], 1] = 0.3  # the classifier sees a logo where the patch is
+    tile_scores[at[(432, 288)], 0] = 0.15  # and a weak stitching hint on a blank tile
+    scores = PhotoScores(("stitching", "logo", "label"), tile_scores.max(axis=0), tile_scores, tiles=grid)
+    detector, unguided = CountingBrightPatch(), CountingBrightPatch()
+    detector.bundle.config["detector"].update(guide_threshold=0.2, mirror_found_only=True)
+    tiles = guided_tiles(detector, prep, scores, prep)
+    assert [(t.x, t.y) for t in tiles] == [(144, 0)]
+    guided = detect_photo(work, detector, prep, tiles=tiles)
+    assert guided == detect_photo(work, unguided, prep, mirror_found_only=True)  # mirrored too
+    assert unguided.tiles_read == len(grid) + 2
+    assert detector.tiles_read == 1 + 2  # the plain view's one tile; the mirrored view's two near it
+    detector.bundle.config["detector"]["guide_threshold"] = 0.1
+    assert len(guided_tiles(detector, prep, scores, prep)) == 2
+    # A photo where no tile reaches the threshold: nothing read, no box.
+    blank = PhotoScores(scores.families, np.zeros(3, np.float32), tile_scores * 0, tiles=grid)
+    assert guided_tiles(detector, prep, blank, prep) == []
+    assert detect_photo(work, detector, prep, tiles=[]) == []
+    # Every tile when the bundle does not ask, or when the two models cut different tiles.
+    detector.bundle.config["detector"]["guide_threshold"] = 0.0
+    assert guided_tiles(detector, prep, scores, prep) is None
+    detector.bundle.config["detector"]["guide_threshold"] = 0.2
+    other = prep.model_copy(update={"tile_overlap": 32})
+    assert guided_tiles(detector, prep, scores, other) is None

@@ -154,7 +154,7 @@ def test_a_fine_tuned_detector_decodes_its_boxes_as_its_starting_model_does(po, 
 
     quiet = {"track": False, "log": lambda m: None}
     decoding = {"score_threshold": 0.3, "top_k": 20, "merge_iou": 0.4, "home_level_only": True}
-    decoding["mirror"] = True
+    decoding.update(mirror=True, mirror_found_only=True, guide_threshold=0.2)
     source = train("detector", _config("detector", epochs=1, detector=decoding), po, **quiet)
     lines: list[str] = []
     # The recipe decodes at other settings and trains with its own loss weights.
@@ -368,7 +368,13 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
     dataset = read_dataset(po)
     ids = [im["id"] for im in dataset.coco["images"]][:6]
     classifier = load_predictor("default", backend="onnx", task="classifier")
-    detector = load_predictor("default", backend="onnx", task="detector")
+    shipped = load_predictor("default", backend="onnx", task="detector")
+    # Read on every tile, as the detector alone reads them (the guided read is the next test's).
+    config = shipped.bundle.config
+    every_tile = shipped.bundle.model_copy(
+        update={"config": {**config, "detector": {**config["detector"], "guide_threshold": 0.0}}}
+    )
+    detector = shipped.with_bundle(every_tile)
     cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
     det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
     assert det_run.detections and len(det_run.supported_detections) == len(det_run.detections)
@@ -387,6 +393,49 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
         tile_scores = cls_run.photo_scores[d["image_id"]][0].tile_scores[:, d["category_id"] - 1]
         # sqrt(box score * support): the support is one of that photo's tile scores for the family
         assert np.min(np.abs(tile_scores - d["score"] ** 2 / score)) < 1e-4
+
+
+def test_triage_reads_the_detector_only_on_the_tiles_its_classifier_points_at(po):
+    from datasets.reader import read_dataset
+    from models.photo import as_prep, detect_photo, guided_tiles, supported_detections
+    from models.predictor import load_predictor
+    from training.data import load_working_photo
+    from training.evaluate import _coco_results, run_on_photos
+
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]][:6]
+    classifier = load_predictor("default", backend="onnx", task="classifier")
+    shipped = load_predictor("default", backend="onnx", task="detector")
+    # A high guide threshold: on these few photos the detector then skips tiles that hold boxes.
+    threshold, config = 0.5, shipped.bundle.config
+    detector = shipped.with_bundle(
+        shipped.bundle.model_copy(
+            update={"config": {**config, "detector": {**config["detector"], "guide_threshold": threshold}}}
+        )
+    )
+    cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
+    det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
+
+    def boxes(results: list[dict], image_id: int) -> list:
+        return sorted(
+            (d["category_id"], tuple(np.round(d["bbox"], 2)), round(d["score"], 4))
+            for d in results
+            if d["image_id"] == image_id
+        )
+
+    images = {im["id"]: im for im in dataset.coco["images"]}
+    prep = as_prep(detector.bundle.prep)
+    differs = 0
+    for image_id in ids:
+        rgb = load_working_photo(dataset.image_path(images[image_id]), prep)
+        scores, to_photo = cls_run.photo_scores[image_id]
+        tiles = guided_tiles(detector, prep, scores, classifier.bundle.prep)
+        guided = supported_detections(detect_photo(rgb, detector, prep, tiles=tiles), scores)
+        everywhere = supported_detections(detect_photo(rgb, detector, prep), scores)
+        expected = boxes(_coco_results(image_id, guided, to_photo), image_id)
+        assert boxes(det_run.supported_detections, image_id) == expected
+        differs += expected != boxes(_coco_results(image_id, everywhere, to_photo), image_id)
+    assert differs  # on some photo the tiles it skipped held boxes
 
 
 def test_recipes_in_configs_load_and_wrong_task_is_refused():

@@ -127,6 +127,18 @@ class DetectorSettings(BaseModel):
         description="also read the photo mirrored left-right and fuse the two views' boxes "
         "(models.photo.fuse_views): twice the detector's time",
     )
+    mirror_found_only: bool = Field(
+        False,
+        description="with mirror: read the mirrored photo only where the plain view has a peak of at "
+        "least half the score threshold, at that peak's pyramid level (models.photo.detect_photo)",
+    )
+    guide_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="paired with a classifier that cuts the same tiles (triage, loupe val): read only "
+        "the tiles where it scores some family at least this much (models.photo.guided_tiles); 0: all",
+    )
 
 
 class EarlyStopping(BaseModel):

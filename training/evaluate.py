@@ -225,6 +225,7 @@ class PhotoRun:
     photo_scores: dict[int, tuple[Any, float]] = field(default_factory=dict)
     # detector run given a classifier run: the boxes as triage scores them (supported_detections)
     supported_detections: list[dict] | None = None
+    prep: Any = None  # the model's prep settings the photos were run with
 
     def fit_args(self, rows: np.ndarray | slice = slice(None)) -> dict:
         """The per-level scores of ``rows``, as :func:`training.calibrate.fit_thresholds` and
@@ -288,7 +289,7 @@ def run_on_photos(
     """
     from cv.draw import draw_findings, thumbnail
     from datasets.coco import annotations_by_image
-    from models.photo import as_prep, detect_photo, score_photo, supported_detections
+    from models.photo import as_prep, detect_photo, guided_tiles, score_photo, supported_detections
     from training.data import load_working_photo
 
     prep = as_prep(prep)
@@ -322,7 +323,10 @@ def run_on_photos(
             dets.extend(_coco_results(image_id, found, to_photo))
             if supported is not None and image_id in support.photo_scores:
                 scores, cls_to_photo = support.photo_scores[image_id]
-                boxes = supported_detections(found, scores, to_photo / cls_to_photo)
+                # As triage reads the photo: on the tiles the classifier points at, when it asks so.
+                tiles = guided_tiles(predictor, prep, scores, support.prep)
+                guided = found if tiles is None else detect_photo(rgb, predictor, prep, tiles=tiles)
+                boxes = supported_detections(guided, scores, to_photo / cls_to_photo)
                 supported.extend(_coco_results(image_id, boxes, to_photo))
             best = np.zeros(len(families), np.float32)
             for box, score, family, subtype in found:
@@ -348,6 +352,7 @@ def run_on_photos(
         levels=levels,
         photo_scores=photo_scores,
         supported_detections=supported,
+        prep=prep,
     )
 
 
