@@ -360,6 +360,15 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert "boxes as triage scores them" in format_report(report)
 
 
+def _decoding(predictor, **change):
+    """A detector predictor with other decoding settings in its bundle (the same network)."""
+    config = predictor.bundle.config
+    detector = {**config["detector"], **change}
+    return predictor.with_bundle(
+        predictor.bundle.model_copy(update={"config": {**config, "detector": detector}})
+    )
+
+
 def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(po):
     from datasets.reader import read_dataset
     from models.predictor import load_predictor
@@ -368,13 +377,8 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
     dataset = read_dataset(po)
     ids = [im["id"] for im in dataset.coco["images"]][:6]
     classifier = load_predictor("default", backend="onnx", task="classifier")
-    shipped = load_predictor("default", backend="onnx", task="detector")
-    # Read on every tile, as the detector alone reads them (the guided read is the next test's).
-    config = shipped.bundle.config
-    every_tile = shipped.bundle.model_copy(
-        update={"config": {**config, "detector": {**config["detector"], "guide_threshold": 0.0}}}
-    )
-    detector = shipped.with_bundle(every_tile)
+    # On every tile, as the detector alone reads them (the guided read is the next test's).
+    detector = _decoding(load_predictor("default", backend="onnx", task="detector"), guide_threshold=0.0)
     cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
     det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
     assert det_run.detections and len(det_run.supported_detections) == len(det_run.detections)
@@ -395,7 +399,7 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
         assert np.min(np.abs(tile_scores - d["score"] ** 2 / score)) < 1e-4
 
 
-def test_triage_reads_the_detector_only_on_the_tiles_its_classifier_points_at(po):
+def test_val_scores_the_boxes_triage_finds_on_the_tiles_its_classifier_points_at(po):
     from datasets.reader import read_dataset
     from models.photo import as_prep, detect_photo, guided_tiles, supported_detections
     from models.predictor import load_predictor
@@ -405,14 +409,8 @@ def test_triage_reads_the_detector_only_on_the_tiles_its_classifier_points_at(po
     dataset = read_dataset(po)
     ids = [im["id"] for im in dataset.coco["images"]][:6]
     classifier = load_predictor("default", backend="onnx", task="classifier")
-    shipped = load_predictor("default", backend="onnx", task="detector")
     # A high guide threshold: on these few photos the detector then skips tiles that hold boxes.
-    threshold, config = 0.5, shipped.bundle.config
-    detector = shipped.with_bundle(
-        shipped.bundle.model_copy(
-            update={"config": {**config, "detector": {**config["detector"], "guide_threshold": threshold}}}
-        )
-    )
+    detector = _decoding(load_predictor("default", backend="onnx", task="detector"), guide_threshold=0.5)
     cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
     det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
 

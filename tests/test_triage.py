@@ -244,3 +244,47 @@ def test_demo_triages_a_generated_po_with_the_shipped_default_and_checks_it_agai
     assert len(counts) == 2
     assert sum(int(c[1]) for c in counts) == 6
     assert all(int(c[1]) == int(c[2]) + int(c[3]) + int(c[4]) for c in counts)
+
+
+class CountingTiles:
+    """A real predictor that counts the tiles it is asked to detect on."""
+
+    def __init__(self, predictor) -> None:
+        self.predictor, self.tiles = predictor, 0
+
+    def __getattr__(self, name):
+        return getattr(self.predictor, name)
+
+    def detect(self, batch, score_threshold, top_k):
+        self.tiles += len(batch)
+        return self.predictor.detect(batch, score_threshold, top_k)
+
+
+def test_a_detector_asking_for_guidance_reads_only_the_tiles_the_classifier_points_at(tmp_path):
+    from cv.prep import working_photo
+    from datasets.synth import generate_po
+    from models.photo import guided_tiles, score_photo
+
+    generate_po(tmp_path / "po", 3, seed=12, size=(1600, 1200), workers=1)
+    shipped = resolve_model_ref("default", "detector")
+
+    def detector(name: str, guide: float) -> Triage:
+        # The shipped detector read once (no mirrored view: every tile read is then the plain
+        # view's), paired with the shipped classifier, which cuts the same tiles.
+        folder = shutil.copytree(shipped, tmp_path / name, ignore=shutil.ignore_patterns("*.onnx"))
+        bundle = json.loads((folder / "bundle.json").read_text())
+        bundle["config"]["detector"].update(mirror=False, guide_threshold=guide)
+        (folder / "bundle.json").write_text(json.dumps(bundle))
+        triage = Triage(TriageSettings(detector=str(folder), backend="torch", detect="all", workers=1))
+        triage.detector = CountingTiles(triage.detector)
+        return triage
+
+    everywhere, guided = detector("everywhere", 0.0), detector("guided", 0.3)
+    pointed = 0
+    for path in sorted((tmp_path / "po" / "images").glob("*.jpg")):
+        scores = score_photo(working_photo(path, guided.prep).rgb_work, guided.classifier, guided.prep)
+        pointed += len(guided_tiles(guided.detector, guided.detector_prep, scores, guided.prep))
+        guided.photo(path)
+        everywhere.photo(path)
+    assert guided.detector.tiles == pointed  # exactly the tiles the classifier points at
+    assert 0 < pointed < everywhere.detector.tiles
