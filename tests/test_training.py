@@ -360,16 +360,9 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert "boxes as triage scores them" in format_report(report)
 
 
-def _decoding(predictor, **change):
-    """A detector predictor with other decoding settings in its bundle (the same network)."""
-    config = predictor.bundle.config
-    detector = {**config["detector"], **change}
-    return predictor.with_bundle(
-        predictor.bundle.model_copy(update={"config": {**config, "detector": detector}})
-    )
-
-
-def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(po):
+def _paired_runs(po, guide_threshold: float):
+    """The shipped classifier's and detector's runs on 6 photos, the detector guided at ``guide_threshold``
+    (its bundle's decoding settings changed; the same network): the dataset, ids, both predictors and runs."""
     from datasets.reader import read_dataset
     from models.predictor import load_predictor
     from training.evaluate import run_on_photos
@@ -377,10 +370,20 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
     dataset = read_dataset(po)
     ids = [im["id"] for im in dataset.coco["images"]][:6]
     classifier = load_predictor("default", backend="onnx", task="classifier")
-    # On every tile, as the detector alone reads them (the guided read is the next test's).
-    detector = _decoding(load_predictor("default", backend="onnx", task="detector"), guide_threshold=0.0)
+    shipped = load_predictor("default", backend="onnx", task="detector")
+    config = shipped.bundle.config
+    decoding = {**config["detector"], "guide_threshold": guide_threshold}
+    detector = shipped.with_bundle(
+        shipped.bundle.model_copy(update={"config": {**config, "detector": decoding}})
+    )
     cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
     det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
+    return dataset, ids, classifier, detector, cls_run, det_run
+
+
+def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(po):
+    # On every tile, as the detector alone reads them (the guided read is the next test's).
+    *_, cls_run, det_run = _paired_runs(po, guide_threshold=0.0)
     assert det_run.detections and len(det_run.supported_detections) == len(det_run.detections)
     key = ("image_id", "category_id")
     own = sorted((d[key[0]], d[key[1]], tuple(np.round(d["bbox"], 3))) for d in det_run.detections)
@@ -400,19 +403,12 @@ def test_supported_boxes_are_the_detectors_scored_with_a_tile_of_the_classifier(
 
 
 def test_val_scores_the_boxes_triage_finds_on_the_tiles_its_classifier_points_at(po):
-    from datasets.reader import read_dataset
     from models.photo import as_prep, detect_photo, guided_tiles, supported_detections
-    from models.predictor import load_predictor
     from training.data import load_working_photo
-    from training.evaluate import _coco_results, run_on_photos
+    from training.evaluate import _coco_results
 
-    dataset = read_dataset(po)
-    ids = [im["id"] for im in dataset.coco["images"]][:6]
-    classifier = load_predictor("default", backend="onnx", task="classifier")
     # A high guide threshold: on these few photos the detector then skips tiles that hold boxes.
-    detector = _decoding(load_predictor("default", backend="onnx", task="detector"), guide_threshold=0.5)
-    cls_run = run_on_photos(dataset, ids, classifier, classifier.bundle.prep)
-    det_run = run_on_photos(dataset, ids, detector, detector.bundle.prep, support=cls_run)
+    dataset, ids, classifier, detector, cls_run, det_run = _paired_runs(po, guide_threshold=0.5)
 
     def boxes(results: list[dict], image_id: int) -> list:
         return sorted(
