@@ -76,9 +76,30 @@ def test_subtype_recall_by_hand():
         subtypes=[["skipped_stitch"], ["skipped_stitch"], ["open_seam", "wrong_colour"], []],
     )
     out = subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})
-    assert out["skipped_stitch"] == {"family": "stitching", "photos": 2, "recall": 0.5, "median_score": 0.55}
+    assert out["skipped_stitch"] == {
+        "family": "stitching", "photos": 2, "recall": 0.5, "median_score": 0.55, "auroc": 1.0
+    }  # fmt: skip
     assert out["open_seam"]["recall"] == 1.0 and out["wrong_colour"]["recall"] == 0.0
     assert set(out) == {"skipped_stitch", "open_seam", "wrong_colour"}
+
+
+def test_subtype_auroc_ranks_its_photos_against_the_photos_without_that_familys_defect():
+    families = ["stitching", "logo", "label"]
+    # Stitching: two uneven-stitch photos (0.6, 0.3), a puckered one (0.9), three clean ones.
+    stitching = np.array([0.6, 0.3, 0.9, 0.5, 0.1, 0.4])
+    probs = np.c_[stitching, np.zeros(6), np.zeros(6)]
+    subtypes = [["uneven_stitch_length"], ["uneven_stitch_length"], ["puckering"], [], [], []]
+    labels = np.c_[np.array([1, 1, 1, 0, 0, 0], bool), np.zeros((6, 2), bool)]
+    run = PhotoRun(families, list(range(6)), probs, labels, subtypes=subtypes)
+    out = subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})
+    # 0.6 outranks all three clean photos, 0.3 only 0.1: 4 of 6 pairs; the puckered photo is no negative.
+    assert out["uneven_stitch_length"]["auroc"] == pytest.approx(4 / 6)
+    assert out["puckering"]["auroc"] == 1.0
+    # A family without clean photos has no AUROC.
+    labels[:, 0] = True
+    assert math.isnan(
+        subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})["puckering"]["auroc"]
+    )
 
 
 def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():

@@ -474,10 +474,14 @@ def triage_outcome(
 
 
 def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.ndarray]) -> dict[str, dict]:
-    """Per defect subtype: photos holding it, the share flagged for its family, their median score.
+    """Per defect subtype: photos holding it, the share flagged for its family, their median score,
+    and their AUROC against the photos without a defect of that family (nan when there are none).
 
-    Shows which kinds of defect a model misses (a family's recall averages over very different ones).
+    Shows which kinds of defect a model misses or ranks low (a family's figures average over very
+    different ones).
     """
+    from sklearn.metrics import roc_auc_score
+
     from datasets.taxonomy import SUBTYPE_FAMILY
 
     out: dict[str, dict] = {}
@@ -489,11 +493,14 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
         rows = [i for i, subs in enumerate(run.subtypes) if sub in subs]
         scores = probs[rows, k]
         t = np.asarray(flag[family], np.float64)
+        clean = probs[~run.labels[:, k] & ~np.isin(np.arange(len(probs)), rows), k]
+        y = np.r_[np.ones(len(scores)), np.zeros(len(clean))]
         out[sub] = {
             "family": family,
             "photos": len(rows),
             "recall": float((scores >= (t[rows] if t.ndim else t)).mean()),
             "median_score": float(np.median(scores)),
+            "auroc": float(roc_auc_score(y, np.r_[scores, clean])) if len(clean) else math.nan,
         }
     return out
 
@@ -526,10 +533,13 @@ def format_report(report: dict) -> str:
                 f"{pct(t[f'{kind}_flagged'])} flagged{passed}"
             )
     if report.get("per_subtype"):
-        lines.append(f"{'subtype':<22}{'family':<10}{'photos':>7}{'recall':>8}{'median score':>14}")
+        lines.append(
+            f"{'subtype':<22}{'family':<10}{'photos':>7}{'recall':>8}{'median score':>14}{'AUROC':>8}"
+        )
         for sub, v in report["per_subtype"].items():
             lines.append(
                 f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
+                f"{v.get('auroc', math.nan):>8.3f}"
             )
     for key, title in (("map", "detector"), ("map_supported", "boxes as triage scores them")):
         if key not in report:
