@@ -222,7 +222,7 @@ def detect_photo(
     is no mirrored view: the mirrored photo's grid is not the plain one's.
     """
     prep = as_prep(prep)
-    saved = (getattr(detector_predictor.bundle, "config", None) or {}).get("detector", {})
+    saved = _saved_decoding(detector_predictor)
     settings = {
         name: saved.get(name, default) if given is None else given
         for name, given, default in (
@@ -242,7 +242,7 @@ def detect_photo(
     if not mirror:
         return found
     w = rgb_work.shape[1]
-    over = [(w - b[2], b[1], w - b[0], b[3], scale) for *b, scale in leads] if mirror_found_only else None
+    over = leads[:, [2, 1, 0, 3, 4]] * [-1, 1, -1, 1, 1] + [w, 0, w, 0, 0] if mirror_found_only else None
     mirrored, _ = _detect_view(
         np.ascontiguousarray(rgb_work[:, ::-1]), detector_predictor, prep, None, **settings, over=over
     )
@@ -299,13 +299,13 @@ def _detect_view(
     top_k: int,
     merge_iou: float,
     home_level_only: bool,
-    over: list[tuple[float, ...]] | None = None,
+    over: np.ndarray | None = None,
     lead_threshold: float | None = None,
-) -> tuple[list[Detection], list[tuple[float, ...]]]:
+) -> tuple[list[Detection], np.ndarray]:
     """:func:`detect_photo` on one view of the photo, with its decoding settings resolved: its boxes,
-    and with ``lead_threshold`` every peak scoring that much or more as (x1, y1, x2, y2, level) in
-    working pixels, unmerged. ``over`` (the same form) keeps only the tiles of a lead's level that
-    overlap it: a defect's box at one level is what the other view's box at that level matches."""
+    and with ``lead_threshold`` every peak scoring that much or more as an (N, 5) array of x1, y1, x2,
+    y2 (working pixels, unmerged) and level. ``over`` (the same form) keeps only the tiles of a lead's
+    level that overlap it: a defect's box at one level is what the other view's box at that level matches."""
     from cv.prep import home_level, prepare_tiles, tile_boxes_to_tile_px
     from cv.tiling import merge_tile_detections
 
@@ -315,20 +315,22 @@ def _detect_view(
         wanted = {t if isinstance(t, int) else (t.x, t.y, t.scale) for t in tiles}
         keep = [i for i, t in enumerate(grid) if i in wanted or (t.x, t.y, t.scale) in wanted]
     if over is not None:
-        keep = [i for i in keep if any(grid[i].scale == o[4] and _overlaps(grid[i].xyxy, o) for o in over)]
+        keep = [i for i in keep if _any_over(grid[i], over)]
+    leads = np.zeros((0, 5), np.float64)
     if not keep:
-        return [], []
+        return [], leads
     batch = batch[keep]
     decode_at = score_threshold if lead_threshold is None else min(lead_threshold, score_threshold)
     dets = []
     for start in range(0, len(batch), TILE_BATCH):
         dets.extend(detector_predictor.detect(batch[start : start + TILE_BATCH], decode_at, top_k))
-    leads: list[tuple[float, ...]] = []
     if lead_threshold is not None:
-        for i, d in zip(keep, dets, strict=True):
-            offset = np.array([grid[i].x, grid[i].y] * 2, np.float32)
-            boxes = tile_boxes_to_tile_px(d.boxes, prep, grid[i].scale) + offset
-            leads.extend((*map(float, box), grid[i].scale) for box in boxes)
+        per_tile = [
+            np.c_[tile_boxes_to_tile_px(d.boxes, prep, grid[i].scale) + [grid[i].x, grid[i].y] * 2,
+                  np.full(len(d.boxes), grid[i].scale)]
+            for i, d in zip(keep, dets, strict=True)
+        ]  # fmt: skip
+        leads = np.concatenate([leads, *per_tile])
         dets = [_at_least(d, score_threshold) for d in dets]
     all_scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0, np.float32)
     cutoff = -np.inf
@@ -373,9 +375,21 @@ def _at_least(d: Any, threshold: float) -> Any:
     return type(d)(d.boxes[sel], d.scores[sel], d.labels[sel], d.subtypes[sel])
 
 
-def _overlaps(a: tuple, b: tuple) -> bool:
-    """Whether two xyxy boxes share any area."""
-    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+def _any_over(tile: Any, boxes: np.ndarray) -> bool:
+    """Whether a tile shares area with any of ``boxes`` ((N, 5): x1, y1, x2, y2, level) of its level."""
+    x0, y0, x1, y1 = tile.xyxy
+    return bool(
+        (
+            (boxes[:, 4] == tile.scale)
+            & (np.minimum(boxes[:, 2], x1) > np.maximum(boxes[:, 0], x0))
+            & (np.minimum(boxes[:, 3], y1) > np.maximum(boxes[:, 1], y0))
+        ).any()
+    )
+
+
+def _saved_decoding(detector_predictor: Any) -> dict:
+    """The decoding settings saved with a detector's bundle (``config.detector``)."""
+    return (getattr(detector_predictor.bundle, "config", None) or {}).get("detector", {})
 
 
 def guided_tiles(
@@ -388,8 +402,7 @@ def guided_tiles(
     """
     from cv.prep import same_tiles
 
-    saved = (getattr(detector_predictor.bundle, "config", None) or {}).get("detector", {})
-    threshold = float(saved.get("guide_threshold", 0.0))
+    threshold = float(_saved_decoding(detector_predictor).get("guide_threshold", 0.0))
     if threshold <= 0 or not same_tiles(as_prep(detector_prep), as_prep(classifier_prep)):
         return None
     return [t for t, row in zip(scores.tiles, scores.tile_scores, strict=True) if row.max() >= threshold]
