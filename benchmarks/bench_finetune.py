@@ -9,6 +9,8 @@ makes such a set in one of two looks the default model never trained on (``--loo
   station  a new camera: a fixed inspection station whose monochrome camera and macro lens (45–80 mm
            across the frame, so threads are 2–4x thicker in pixels than in any training photo) shoot
            seams and logos of shoes, balls and bags under a ring light (hot centre, dark corners, grain)
+  vintage  a new finish: a tee line whose prints are distressed by design (fine cracks and worn specks,
+           the buyer's approved look; one style for the PO), which the default's data never shows
 
 and compares, on held-out photos of the same look:
 
@@ -26,7 +28,7 @@ resampled photos in each bootstrap round. The buyer set is synthetic (no real ph
 treat it as a check that the fine-tuning path works and helps, not as a promise about a real buyer's
 photos.
 
-    .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station] [--train-photos 48]
+    .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station|vintage] [--train-photos 48]
                                                   [--test-photos 240] [--seeds 0 1 2]
 """
 
@@ -78,6 +80,17 @@ LOOKS = {
             "product_mix": {m: {"jersey": 1} for m in MILESTONES},
             "size_mix": [{"size": "2000x1500", "weight": 1.0}],
             "style_seed": 11,  # one team's jersey: one colourway and crest across the PO
+        }
+    ),
+    # A finish the default's data never has: a vintage tee line whose prints are distressed by design
+    # (fine cracks, worn specks: approved, not defects), one style for the PO. The default reads the
+    # wear as print and label damage; the buyer's labels say it is not.
+    "vintage": Look(
+        synth={
+            "product_mix": {m: {"tshirt": 1} for m in MILESTONES},
+            "size_mix": [{"size": "2000x1500", "weight": 1.0}],
+            "style_seed": 12,
+            "distressed_print": 1.0,
         }
     ),
     # Framing and products the default recipe's data does not have: macro close-ups only.

@@ -141,6 +141,30 @@ def test_a_style_seed_gives_every_photo_of_the_po_one_colourway_and_logo_artwork
     assert all(d["colours"] != part["colours"] for d, part in wrong)
 
 
+def test_a_distressed_finish_wears_the_print_and_changes_nothing_else():
+    # bench_finetune's vintage look: an approved finish, so no new annotation and no other draw moves.
+    assert load_synth_config().distressed_print == 0  # the default recipe's data never has it
+    mix = {m: {"tshirt": 1} for m in ("IPC", "DUPRO", "PSI", "CLI")}
+    clean = SynthConfig(product_mix=mix, style_seed=12, closeup_rate=0.0)
+    worn = clean.model_copy(update={"distressed_print": 1.0})
+    plan = plan_photo(8, 0, clean, (1280, 960))
+    plan_worn = plan_photo(8, 0, worn, (1280, 960))
+    logos = [p for p in plan_worn.parts if p["kind"] == "logo" and p["style"] == "print"]
+    assert logos and all(p["finish"] == "distressed" for p in logos)
+    assert all("finish" not in p for p in plan.parts)  # the default draws nothing for it
+    for p in plan_worn.parts:
+        p.pop("finish", None)
+    assert plan_worn == plan
+    before, after = render_photo(plan), render_photo(plan_photo(8, 0, worn, (1280, 960)))
+    assert after.annotations == before.annotations
+    diff = np.abs(after.rgb.astype(np.int16) - before.rgb.astype(np.int16)).max(axis=2)
+    assert (diff > 30).sum() > 200  # cracks and specks show at whole-shirt scale
+    x, y, w, h = cv2.boundingRect((diff > 30).astype(np.uint8))
+    logo = logos[0]
+    cx, cy = logo["x"] * plan.ppm, logo["y"] * plan.ppm
+    assert x <= cx <= x + w and y <= cy <= y + h  # only on the print
+
+
 def test_mesh_holes_are_true_to_millimetres():
     ppm = 12.0  # px per mm: a close-up of 2000 px across 167 mm
     lum = material("mesh", 3, 480, 480, ppm, (0.8, 0.8, 0.8)).mean(axis=2)

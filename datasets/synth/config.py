@@ -99,6 +99,13 @@ class SynthConfig(BaseModel):
         SizeWeight(size="4000x3000", weight=0.2),
     ]
     conditions: Conditions = Conditions()
+    distressed_print: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of printed logos with a vintage distressed finish (fine cracks and worn specks "
+        "by design, approved, not a defect); drawn per style, so a one-style PO is all or nothing",
+    )
     style_seed: int | None = Field(
         None,
         description="one style for the whole PO, as a buyer's order has: every photo's material, "

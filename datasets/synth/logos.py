@@ -88,6 +88,21 @@ def _blob(shape, centre, radius, seed, rough=0.35) -> np.ndarray:
     return np.clip((1.0 - d + rough * n) * 4.0, 0, 1).astype(F32)
 
 
+def _distressed(h: int, w: int, ppm: float, seed: int) -> np.ndarray:
+    """A vintage print's designed wear, 0..1 ink kept: fine cracks a few mm apart and worn specks all
+    over the artwork (an approved finish, not a defect: a smudge or a peeled patch is one blob)."""
+    rng = np.random.default_rng(seed + 17)
+
+    def noise(cell_mm: float) -> np.ndarray:
+        cells = (max(int(h / (cell_mm * ppm)), 1) + 2, max(int(w / (cell_mm * ppm)), 1) + 2)
+        return cv2.resize(rng.standard_normal(cells).astype(F32), (w, h), interpolation=cv2.INTER_CUBIC)
+
+    ridge = np.abs(noise(2.5))  # zero along a network of lines: the cracks
+    crack = np.clip(1.0 - ridge / F32(0.12), 0, 1)
+    specks = np.clip((noise(0.8) - F32(1.1)) * F32(3.0), 0, 1)
+    return np.clip(F32(1.0) - F32(0.85) * crack - F32(0.8) * specks, 0, 1).astype(F32)
+
+
 def render_logo(img: np.ndarray, origin: tuple[int, int], ppm: float, logo: dict, defect: dict | None):
     """Print or embroider ``logo`` onto img (float32 RGB, canvas pixel ``origin`` at img[0, 0]) in place."""
     sub = defect["subtype"] if defect is not None else None
@@ -119,6 +134,9 @@ def render_logo(img: np.ndarray, origin: tuple[int, int], ppm: float, logo: dict
                 mask[:] = np.maximum(
                     mask * (F32(1.0) - F32(0.35) * blob), np.clip(smear * 1.6, 0, 1) * blob * F32(0.9)
                 )
+    if logo.get("finish") == "distressed" and logo["style"] == "print":
+        wear = _distressed(ph, pw, ppm, logo["seed"])
+        emblem, words = emblem * wear, words * wear
     m = patch_matrix(cx, cy, ang, pw, ph, origin)
     size = img.shape[:2]
     if sub == "missing_logo":

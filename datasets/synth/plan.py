@@ -153,6 +153,11 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     defects = _plan_defects(rng, config, families, parts, shot, wm, hm)
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
     hand = _plan_hand(rng, wm, hm, parts, defects) if setting == "hand" else None
+    if config.distressed_print > 0:  # drawn last: POs without it keep every other draw
+        finish = "distressed" if style_rng.random() < config.distressed_print else "clean"
+        for part in parts:
+            if part["kind"] == "logo" and part["style"] == "print":
+                part["finish"] = finish
     return PhotoPlan(
         seed=int(seed),
         index=int(index),
