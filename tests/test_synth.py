@@ -155,6 +155,10 @@ def test_a_distressed_finish_wears_the_print_and_changes_nothing_else():
     for p in plan_worn.parts:
         p.pop("finish", None)
     assert plan_worn == plan
+    # a one-style PO is all distressed or all clean, whatever each photo shows
+    half = SynthConfig(product_mix=mix, style_seed=12, distressed_print=0.5)
+    finishes = {p.get("finish") for i in range(24) for p in plan_photo(8, i, half, (1280, 960)).parts}
+    assert len(finishes - {None}) == 1
     before, after = render_photo(plan), render_photo(plan_photo(8, 0, worn, (1280, 960)))
     assert after.annotations == before.annotations
     diff = np.abs(after.rgb.astype(np.int16) - before.rgb.astype(np.int16)).max(axis=2)

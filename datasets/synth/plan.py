@@ -153,12 +153,7 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
     defects = _plan_defects(rng, config, families, parts, shot, wm, hm)
     lookalikes = _plan_lookalikes(rng, config, parts, regions, shot, wm, hm, product)
     hand = _plan_hand(rng, wm, hm, parts, defects) if setting == "hand" else None
-    if config.distressed_print > 0:  # drawn last: POs without it keep every other draw
-        finish = "distressed" if style_rng.random() < config.distressed_print else "clean"
-        for part in parts:
-            if part["kind"] == "logo" and part["style"] == "print":
-                part["finish"] = finish
-    return PhotoPlan(
+    plan = PhotoPlan(
         seed=int(seed),
         index=int(index),
         width=width,
@@ -176,6 +171,15 @@ def plan_photo(seed: int, index: int, config: SynthConfig, size: tuple[int, int]
         hand=hand,
         lookalikes=lookalikes,
     )
+    if config.distressed_print > 0:  # drawn last, so every other draw is the same as without it
+        # A style's finish is the style's: its own generator, not the photo's nor the shared style
+        # stream (whose position depends on what the photo shows).
+        frng = rng if config.style_seed is None else np.random.default_rng([config.style_seed, 1])
+        finish = "distressed" if frng.random() < config.distressed_print else "clean"
+        for part in parts:
+            if part["kind"] == "logo" and part["style"] == "print":
+                part["finish"] = finish
+    return plan
 
 
 def _plan_background(rng, setting: str) -> dict:
