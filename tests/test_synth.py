@@ -165,8 +165,10 @@ def test_a_distressed_finish_wears_the_print_and_changes_nothing_else():
     assert (diff > 30).sum() > 200  # cracks and specks show at whole-shirt scale
     x, y, w, h = cv2.boundingRect((diff > 30).astype(np.uint8))
     logo = logos[0]
-    cx, cy = logo["x"] * plan.ppm, logo["y"] * plan.ppm
-    assert x <= cx <= x + w and y <= cy <= y + h  # only on the print
+    cx, cy, lw, lh = (logo[k] * plan.ppm for k in ("x", "y", "w", "h"))
+    # only on the print: around its centre, no larger than it (the camera's roll and perspective aside)
+    assert x <= cx <= x + w and y <= cy <= y + h
+    assert w <= 1.3 * lw and h <= 1.3 * lh + 0.1 * lw
 
 
 def test_mesh_holes_are_true_to_millimetres():
