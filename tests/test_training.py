@@ -683,3 +683,55 @@ def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, 
         load_predictor(tuned.bundle_dir, task="classifier")
     with pytest.raises(ValueError, match="memory"):
         _config("detector", memory=memory)
+
+
+def test_distilling_a_family_adds_its_cross_entropy_against_the_starting_models_scores(po, data_dir):
+    import math
+
+    import torch
+
+    from configs import ConfigError
+    from models.bundle import load_bundle
+    from training.classifier_loop import classifier_loss
+    from training.engine import load_checkpoint, train
+
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, 0.0]])
+    labels = torch.tensor([[1.0, 0.0, -1.0], [0.0, -1.0, 1.0]])  # -1: the crop cannot answer
+    kept = torch.tensor([[0.2, 0.5, 0.9], [0.7, 0.1, 0.5]])
+
+    def bce(z: float, t: float) -> float:
+        p = 1 / (1 + math.exp(-z))
+        return -(t * math.log(p) + (1 - t) * math.log(1 - p))
+
+    plain = (bce(0, 1) + bce(2, 0) + bce(1, 0) + bce(0, 1)) / 4
+    assert classifier_loss(logits, labels).item() == pytest.approx(plain, rel=1e-6)
+    held = plain + 3.0 * (bce(0, 0.2) + bce(1, 0.7)) / 2  # stitching only, every crop, ignore or not
+    weights = torch.tensor([3.0, 0.0, 0.0])
+    assert classifier_loss(logits, labels, kept, weights).item() == pytest.approx(held, rel=1e-6)
+    # held hard enough, a stitching score is pulled towards the starting model's 0.2, against its
+    # label 1 (a positive gradient lowers it: gradient descent steps against it)
+    z = logits.clone().requires_grad_(True)
+    classifier_loss(z, labels, kept, torch.tensor([30.0, 0.0, 0.0])).backward()
+    assert z.grad[0, 0] > 0
+
+    quiet = {"track": False, "log": lambda m: None}
+    source = train("classifier", _config("classifier", epochs=1), po, out=data_dir / "src", **quiet)
+    lines: list[str] = []
+    config = _config("classifier", epochs=1, distill={"stitching": 3.0})
+    tuned = train("classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "h",
+                  track=False, log=lines.append)  # fmt: skip
+    assert any(li.startswith("distilling the starting model's scores") for li in lines)
+    assert "learning without forgetting" in load_bundle(tuned.bundle_dir).card
+    # the loop trains with it: the same seeded run without it ends at other weights
+    plain = train("classifier", _config("classifier", epochs=1), po, from_ref=str(source.bundle_dir),
+                  out=data_dir / "p", **quiet)  # fmt: skip
+    last = [load_checkpoint(r.bundle_dir.parent / "checkpoints" / "last.pt")["model"] for r in (tuned, plain)]
+    assert any(not torch.equal(last[0][k], last[1][k]) for k in last[0])
+    lines.clear()
+    train("classifier", config, po, out=data_dir / "s", track=False, log=lines.append)
+    assert any("needs one (--from): not distilling" in li for li in lines)
+    with pytest.raises(ConfigError, match="not families of this model"):
+        wrong = _config("classifier", distill={"seams": 1.0})
+        train("classifier", wrong, po, from_ref=str(source.bundle_dir), out=data_dir / "bad", **quiet)
+    with pytest.raises(ValueError, match="distill"):
+        _config("detector", distill={"stitching": 1.0})

@@ -37,6 +37,11 @@ def model_card(
                 f"- weights {cfg['wise_ft']:g} of the way from `{from_bundle.ref}` to the best epoch's "
                 "(WiSE-FT weight average)"
             )
+        if cfg.get("distill"):
+            lines.append(
+                f"- scores on the training crops held near `{from_bundle.ref}`'s with weights "
+                f"`{cfg['distill']}` (learning without forgetting)"
+            )
     lines += [
         "",
         "## Recipe",

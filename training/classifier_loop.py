@@ -19,6 +19,24 @@ from training.data import BatchFeeder, TileCache, load_batch
 from training.engine import model_input, optimiser_step
 
 
+def classifier_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    kept: torch.Tensor | None = None,
+    distill: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean binary cross-entropy over the labels a crop can answer (label -1: ignore). With ``kept``
+    (the starting model's probabilities on the same crops) and ``distill`` (a weight per family), plus
+    each family's cross-entropy against ``kept``, weighted and summed over families, averaged over crops."""
+    known = (labels >= 0).float()
+    per_label = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0), reduction="none")
+    loss = (per_label * known).sum() / known.sum().clamp(min=1.0)
+    if kept is not None and distill is not None:
+        away = F.binary_cross_entropy_with_logits(logits, kept, reduction="none")
+        loss = loss + (away * distill).sum(dim=1).mean()
+    return loss
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -29,9 +47,15 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     log=None,
     log_every: int = 20,
+    teacher: torch.nn.Module | None = None,
+    distill: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Train on ``batches`` (index arrays into the cache, augmented by ``feed``); returns mean loss
-    and throughput."""
+    and throughput.
+
+    With ``teacher`` (the starting model, frozen) and ``distill`` (a weight per family), each crop's
+    family scores are also pulled towards the teacher's on that crop (learning without forgetting).
+    """
     model.train()
     total, seen, start = 0.0, 0, time.perf_counter()
     for step, (indices, (images, labels, *_)) in enumerate(zip(batches, feed(batches), strict=True)):
@@ -39,9 +63,11 @@ def train_one_epoch(
         y = torch.from_numpy(labels).to(device, non_blocking=True)
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(x)
-        known = (y >= 0).float()
-        per_label = F.binary_cross_entropy_with_logits(logits.float(), y.clamp(min=0), reduction="none")
-        loss = (per_label * known).sum() / known.sum().clamp(min=1.0)
+        kept = None
+        if teacher is not None:
+            with torch.no_grad():
+                kept = torch.sigmoid(teacher(x).float())
+        loss = classifier_loss(logits.float(), y, kept, distill)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"classifier loss is {loss.item()} at step {step}: lower the learning rate"

@@ -174,6 +174,12 @@ class TrainConfig(BaseModel):
         "best fine-tuned ones (WiSE-FT, Wortsman et al. 2022: a weight average of the two); null keeps "
         "the fine-tuned weights",
     )
+    distill: dict[str, float] = Field(
+        default_factory=dict,
+        description="classifier, with --from: per family, the weight of a loss keeping the model's scores "
+        "on the training crops near the starting model's (learning without forgetting, Li & Hoiem 2016), "
+        "for families a few photos cannot teach better than the model already knows",
+    )
     calibration: CalibrationSettings = CalibrationSettings()
     detector: DetectorSettings = DetectorSettings()
     memory: MemorySettings | None = Field(
@@ -199,6 +205,10 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "cache.mined_negatives mines a classifier's false flags; set it to 0 in a detector recipe"
             )
+        if self.task != "classifier" and self.distill:
+            raise ValueError("distill keeps a classifier's family scores; remove it from a detector recipe")
+        if any(w < 0 for w in self.distill.values()):
+            raise ValueError(f"distill weights must be >= 0, got {self.distill}")
         if self.task != "classifier" and self.memory is not None:
             raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")
         return self

@@ -303,6 +303,41 @@ def mine_for(
     return mined
 
 
+def distill_kwargs(
+    config: TrainConfig,
+    model: Any,
+    from_bundle: Any,
+    families: list[str],
+    device: Any,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The task loop's extra arguments: the detector's loss weights; for a classifier fine-tune with
+    ``distill``, the starting model (a frozen copy, taken before any resumed weights are loaded) and
+    its per-family weights."""
+    import copy
+
+    import torch
+
+    if config.task == "detector":
+        return {"loss_weights": config.detector.loss_weights}
+    if not config.distill:
+        return {}
+    unknown = sorted(set(config.distill) - set(families))
+    if unknown:
+        from configs import ConfigError
+
+        raise ConfigError(f"distill names {unknown}, not families of this model ({families}); fix the recipe")
+    if from_bundle is None:
+        log("distill keeps a starting model's scores and needs one (--from): not distilling")
+        return {}
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    weights = torch.tensor([config.distill.get(f, 0.0) for f in families], dtype=torch.float32, device=device)
+    log(f"distilling the starting model's scores: {config.distill}")
+    return {"teacher": teacher, "distill": weights}
+
+
 def train(
     task: str,
     config: TrainConfig,
@@ -388,6 +423,7 @@ def train(
     )
 
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
+    loop_kwargs = distill_kwargs(config, model, from_bundle, families, device, log)
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
@@ -468,9 +504,8 @@ def train(
             batches = list(
                 balanced_batches(train_cache, config.batch_size, config.positive_fraction, steps, rng)
             )
-            kwargs = {"loss_weights": config.detector.loss_weights} if task == "detector" else {}
             stats = loop.train_one_epoch(
-                model, optimizer, scheduler, feed, batches, device, scaler, log=log, **kwargs
+                model, optimizer, scheduler, feed, batches, device, scaler, log=log, **loop_kwargs
             )
             val = loop.evaluate_crops(model, val_cache, prep, device, families)
             row = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in stats.items()}, **val}
