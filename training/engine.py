@@ -303,7 +303,7 @@ def mine_for(
     return mined
 
 
-def distill_kwargs(
+def task_loop_kwargs(
     config: TrainConfig,
     model: Any,
     from_bundle: Any,
@@ -423,7 +423,7 @@ def train(
     )
 
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
-    loop_kwargs = distill_kwargs(config, model, from_bundle, families, device, log)
+    loop_kwargs = task_loop_kwargs(config, model, from_bundle, families, device, log)
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
