@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 
 from cv.prep import PrepSettings
 from datasets.taxonomy import FAMILIES
@@ -174,7 +174,7 @@ class TrainConfig(BaseModel):
         "best fine-tuned ones (WiSE-FT, Wortsman et al. 2022: a weight average of the two); null keeps "
         "the fine-tuned weights",
     )
-    distill: dict[str, float] = Field(
+    distill: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="classifier, with --from: per family, the weight of a loss keeping the model's scores "
         "on the training crops near the starting model's (learning without forgetting, Li & Hoiem 2016), "
@@ -207,8 +207,6 @@ class TrainConfig(BaseModel):
             )
         if self.task != "classifier" and self.distill:
             raise ValueError("distill keeps a classifier's family scores; remove it from a detector recipe")
-        if any(w < 0 for w in self.distill.values()):
-            raise ValueError(f"distill weights must be >= 0, got {self.distill}")
         if self.task != "classifier" and self.memory is not None:
             raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")
         return self

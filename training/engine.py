@@ -320,7 +320,7 @@ def task_loop_kwargs(
 
     if config.task == "detector":
         return {"loss_weights": config.detector.loss_weights}
-    if not config.distill:
+    if not any(config.distill.values()):  # nothing held: no teacher to run on every batch
         return {}
     unknown = sorted(set(config.distill) - set(families))
     if unknown:
