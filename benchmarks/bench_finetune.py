@@ -29,7 +29,8 @@ treat it as a check that the fine-tuning path works and helps, not as a promise 
 photos.
 
     .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station|vintage] [--train-photos 48]
-                                                  [--test-photos 240] [--seeds 0 1 2]
+                                                  [--test-photos 240] [--test-seed 502]
+                                                  [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -232,6 +233,12 @@ def main() -> None:
     parser.add_argument("--look", choices=sorted(LOOKS), default="jersey", help="the buyer's photos")
     parser.add_argument("--train-photos", type=int, default=48)
     parser.add_argument("--test-photos", type=int, default=240)
+    parser.add_argument(
+        "--test-seed",
+        type=int,
+        default=502,
+        help="seed of the held-out photos: a new one judges a recipe on photos that did not choose it",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000, help="resampling rounds for the intervals")
     parser.add_argument("--base", default="default", help="the model to fine-tune from")
     parser.add_argument(
@@ -244,7 +251,9 @@ def main() -> None:
     buyer_train = make_buyer_set(
         CACHE / f"{args.look}-train-{args.train_photos}", look, args.train_photos, 501
     )
-    buyer_test = make_buyer_set(CACHE / f"{args.look}-test-{args.test_photos}", look, args.test_photos, 502)
+    test_name = f"{args.look}-test-{args.test_photos}"
+    test_name += "" if args.test_seed == 502 else f"-seed{args.test_seed}"
+    buyer_test = make_buyer_set(CACHE / test_name, look, args.test_photos, args.test_seed)
     print(f"buyer photos ready in {time.perf_counter() - started:.0f} s: {buyer_train}, {buyer_test}")
 
     arms: dict[str, list[str]] = {"default": [args.base], "scratch": [], "fine-tune": []}
@@ -300,7 +309,7 @@ def main() -> None:
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()
     }
-    (CACHE / f"{args.look}-{args.train_photos}-results.json").write_text(
+    (CACHE / f"{test_name}-{args.train_photos}-results.json").write_text(
         json.dumps({"figures": results, "differences": summary, "per_family": per_family}, indent=2)
     )
 

@@ -730,8 +730,11 @@ def test_distilling_a_family_adds_its_cross_entropy_against_the_starting_models_
     lines.clear()
     train("classifier", config, po, out=data_dir / "s", track=False, log=lines.append)
     assert any("needs one (--from): not distilling" in li for li in lines)
+    lines.clear()
     with pytest.raises(ConfigError, match="not families of this model"):
         wrong = _config("classifier", distill={"seams": 1.0})
-        train("classifier", wrong, po, from_ref=str(source.bundle_dir), out=data_dir / "bad", **quiet)
+        train("classifier", wrong, po, from_ref=str(source.bundle_dir), out=data_dir / "bad", track=False,
+              log=lines.append)  # fmt: skip
+    assert not any("tile cache" in li for li in lines)  # refused before the crops are cut
     with pytest.raises(ValueError, match="distill"):
         _config("detector", distill={"stitching": 1.0})

@@ -61,12 +61,12 @@ def train_one_epoch(
     for step, (indices, (images, labels, *_)) in enumerate(zip(batches, feed(batches), strict=True)):
         x = model_input(images, device)
         y = torch.from_numpy(labels).to(device, non_blocking=True)
+        kept = None
         with torch.autocast(device.type, enabled=scaler is not None):
             logits = model(x)
-        kept = None
-        if teacher is not None:
-            with torch.no_grad():
-                kept = torch.sigmoid(teacher(x).float())
+            if teacher is not None:  # in the same precision as the student it is compared with
+                with torch.no_grad():
+                    kept = torch.sigmoid(teacher(x).float())
         loss = classifier_loss(logits.float(), y, kept, distill)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(

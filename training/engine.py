@@ -303,6 +303,16 @@ def mine_for(
     return mined
 
 
+def check_distill(config: TrainConfig, from_bundle: Any) -> None:
+    """Refuse a ``distill`` family the model will not have, before minutes of tile cutting."""
+    families = list(from_bundle.families) if from_bundle is not None else list(FAMILIES)
+    unknown = sorted(set(config.distill) - set(families))
+    if unknown:
+        from configs import ConfigError
+
+        raise ConfigError(f"distill names {unknown}, not families of this model ({families}); fix the recipe")
+
+
 def task_loop_kwargs(
     config: TrainConfig,
     model: Any,
@@ -322,11 +332,6 @@ def task_loop_kwargs(
         return {"loss_weights": config.detector.loss_weights}
     if not any(config.distill.values()):  # nothing held: no teacher to run on every batch
         return {}
-    unknown = sorted(set(config.distill) - set(families))
-    if unknown:
-        from configs import ConfigError
-
-        raise ConfigError(f"distill names {unknown}, not families of this model ({families}); fix the recipe")
     if from_bundle is None:
         log("distill keeps a starting model's scores and needs one (--from): not distilling")
         return {}
@@ -401,6 +406,7 @@ def train(
         config = config.model_copy(update={"prep": prep})
     if from_bundle is not None and task == "detector":
         config = keep_decoding(config, from_bundle, log)
+    check_distill(config, from_bundle)
 
     split = split_data(data, val_data, config.val_fraction, config.seed)
     val_ids = split.val_ids[: config.max_val_photos] if config.max_val_photos else split.val_ids
