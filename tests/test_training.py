@@ -7,6 +7,7 @@ and the registered champion resolves back to the bundle.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -601,8 +602,68 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     train("classifier", _config("classifier", epochs=1, cache=cache), po, out=data_dir / "s", track=False,
           log=scratch.append)  # fmt: skip
     assert any("needs a starting model" in li for li in scratch)
-    with pytest.raises(ValueError, match="mined_negatives"):
-        _config("detector", cache=cache)
+
+
+def test_a_detector_fine_tune_mines_its_starting_detectors_boxes_that_hold_no_defect(po, data_dir):
+    from datasets.coco import annotations_by_image
+    from datasets.reader import read_dataset
+    from models.photo import as_prep, detect_photo
+    from models.predictor import load_predictor
+    from training.data import load_working_photo, photo_boxes_work
+    from training.engine import train
+    from training.mining import clean_tiles, mine_false_flags
+
+    source = train("detector", _config("detector", epochs=1), po, track=False, log=lambda m: None)
+    predictor = load_predictor(source.bundle_dir, task="detector")
+    prep = as_prep(predictor.bundle.prep)
+    dataset = read_dataset(po)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    # An untrained heatmap sits near its prior (0.1): a low threshold turns up boxes on every photo.
+    mined = mine_false_flags(dataset, ids, predictor, per_family=1, threshold=0.02)
+    anns, images = annotations_by_image(dataset.coco), {im["id"]: im for im in dataset.coco["images"]}
+    assert sum(len(b) for b in mined.values()) > len(ids)
+    for image_id, boxes in mined.items():
+        assert len(boxes) <= 3  # the strongest per family
+        rgb = load_working_photo(dataset.image_path(images[image_id]), prep)
+        h, w = rgb.shape[:2]
+        pixels = boxes * np.array([w, h, w, h], np.float32)
+        defects = photo_boxes_work(images[image_id], anns.get(image_id, []), rgb.shape)[0]
+        assert clean_tiles(pixels, defects).all()  # no box that holds a defect is taught as good
+        # they are the boxes the detector reports on that photo, the strongest clean one of each family
+        found = detect_photo(rgb, predictor, prep, score_threshold=0.02)
+        clean = clean_tiles(np.array([d[0] for d in found], np.float32).reshape(-1, 4), defects)
+        strongest = {}
+        for (box, score, family, _), ok in zip(found, clean, strict=True):
+            if ok and score > strongest.get(family, (None, -1.0))[1]:
+                strongest[family] = (box, score)
+        expected = sorted(tuple(b) for b, _ in strongest.values())
+        assert np.allclose(sorted(map(tuple, pixels)), expected, atol=0.05)
+    assert not any(len(b) for b in mine_false_flags(dataset, ids, predictor, 1, threshold=0.999).values())
+
+    log: list[str] = []
+    cache = {"crops_per_box": 2, "negatives_per_photo": 2, "mined_negatives": 1, "mine_threshold": 0.02}
+    train("detector", _config("detector", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "mined", track=False, log=log.append)  # fmt: skip
+    line = next(li for li in log if li.startswith("false flags of"))
+    on_train = int(line.split("): ")[1].split(" on train")[0])
+    lookalikes = next(li for li in log if li.startswith("tile cache")).split("'lookalike': ")[1]
+    assert on_train > 0 and int(lookalikes.split(",")[0]) >= on_train  # a crop around each
+
+    # Saved beside the tile caches, and read back by a second recipe from the same model on the same
+    # photos (emptied here, so a second mining would show)
+    (saved,) = (data_dir / "cache").glob("mined-*.json")
+    rows = json.loads(saved.read_text())
+    assert sum(len(b) for b in rows["train"].values()) == on_train
+    saved.write_text(json.dumps({**rows, "train": {i: [] for i in rows["train"]}}))
+    again: list[str] = []
+    train("detector", _config("detector", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "again", track=False, log=again.append)  # fmt: skip
+    assert " 0 on train photos" in next(li for li in again if li.startswith("false flags of"))
+    # another threshold is another set of false flags
+    other = {**cache, "mine_threshold": 0.03}
+    train("detector", _config("detector", epochs=1, cache=other), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "other", track=False, log=lambda m: None)  # fmt: skip
+    assert len(list((data_dir / "cache").glob("mined-*.json"))) == 2
 
 
 def test_a_fine_tune_remembers_its_good_tiles_and_scores_logos_against_them(po, data_dir):

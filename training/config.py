@@ -43,11 +43,13 @@ class CacheSettings(BaseModel):
     mined_negatives: int = Field(
         0,
         ge=0,
-        description="with --from (classifier): per photo and family, up to this many tiles that the "
-        "starting model scores at least mine_threshold and that hold no defect become look-alike crops: "
-        "the new photos' own false flags, taught as not-defects (training.mining)",
+        description="with --from: per photo and family, up to this many tiles (a classifier's) or boxes "
+        "(a detector's) that the starting model scores at least mine_threshold and that hold no defect "
+        "become look-alike crops: the new photos' own false flags, taught as not-defects (training.mining)",
     )
-    mine_threshold: float = Field(0.5, gt=0, lt=1, description="tile probability that counts as a flag")
+    mine_threshold: float = Field(
+        0.5, gt=0, lt=1, description="tile probability (a detector's: box score) that counts as a flag"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CacheSettings:
@@ -201,10 +203,6 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _classifier_only_settings(self) -> TrainConfig:
-        if self.task != "classifier" and self.cache.mined_negatives:
-            raise ValueError(
-                "cache.mined_negatives mines a classifier's false flags; set it to 0 in a detector recipe"
-            )
         if self.task != "classifier" and self.distill:
             raise ValueError("distill keeps a classifier's family scores; remove it from a detector recipe")
         if self.task != "classifier" and self.memory is not None:

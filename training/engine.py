@@ -275,8 +275,10 @@ def mine_for(
     val_ids: list[int],
     device: Any,
     log: Callable[[str], None],
+    cache_root: Path,
 ) -> dict[str, dict[int, np.ndarray]]:
-    """The starting model's false flags on the train and val photos (``cache.mined_negatives``), by split."""
+    """The starting model's false flags on the train and val photos (``cache.mined_negatives``), by
+    split; saved under ``cache_root`` and read back when the same model mines the same photos again."""
     per_family = config.cache.mined_negatives
     if not per_family:
         return {}
@@ -284,17 +286,26 @@ def mine_for(
         log("cache.mined_negatives needs a starting model (--from): no false flags mined")
         return {}
     from models.predictor import load_predictor
-    from training.mining import mine_false_flags
+    from training.mining import load_mined, mine_false_flags, mined_key, save_mined
 
-    predictor = load_predictor(
-        from_bundle.folder, "torch", "cuda" if device.type == "cuda" else "cpu", config.num_threads
-    )
-    t0 = time.perf_counter()
     threshold = config.cache.mine_threshold
-    mined = {
-        "train": mine_false_flags(split.train, split.train_ids, predictor, per_family, threshold, log),
-        "val": mine_false_flags(split.val, val_ids, predictor, per_family, threshold, log),
-    }
+    ids = {"train": split.train_ids, "val": val_ids}
+    # Scoring every tile of a thousand photos takes longer than a few epochs: a second recipe from the
+    # same model on the same photos reuses its false flags.
+    key = mined_key(from_bundle, ids, per_family, threshold)
+    saved = cache_root / f"mined-{split.data_version}-{key}.json"
+    t0 = time.perf_counter()
+    mined = load_mined(saved)
+    if mined is None:
+        predictor = load_predictor(
+            from_bundle.folder, "torch", "cuda" if device.type == "cuda" else "cpu", config.num_threads
+        )
+        data = {"train": split.train, "val": split.val}
+        mined = {
+            name: mine_false_flags(data[name], ids[name], predictor, per_family, threshold, log)
+            for name in ("train", "val")
+        }
+        save_mined(saved, mined)
     counts = {name: sum(len(v) for v in boxes.values()) for name, boxes in mined.items()}
     log(
         f"false flags of {from_ref} mined as hard negatives ({time.perf_counter() - t0:.0f} s): "
@@ -413,7 +424,7 @@ def train(
     log(f"data {split.data_version}: {len(split.train_ids)} train photos, {len(val_ids)} val photos")
     cache_root = loupe_data_dir() / "cache"
     t0 = time.perf_counter()
-    mined = mine_for(config, from_bundle, from_ref, split, val_ids, device, log)
+    mined = mine_for(config, from_bundle, from_ref, split, val_ids, device, log, cache_root)
     train_cache = build_tile_cache(
         split.train, split.train_ids, prep, config.cache, cache_root, split.data_version, config.seed, log,
         mined=mined.get("train"),

@@ -9,11 +9,20 @@ team's crest in its own colours, a mesh's holes). A buyer's few dozen photos hol
 from, but every clean tile the model flags is a labelled false flag. A fine-tune (``--from``) with
 ``cache.mined_negatives`` scores every tile of its photos with the starting model, the way serving
 tiles them, and crops those tiles as look-alikes (hard negatives) in train and validation alike.
+
+A detector's false flags are its boxes that hold no defect, found as triage reads the photo (its saved
+decoding, both views) down to ``mine_threshold``: a crop around each teaches the heatmap to stay low
+there. The crops' targets come from the photo's labels either way, so a mined region that does show
+part of a defect is taught as what it shows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,11 +83,13 @@ def mine_false_flags(
     """Per photo id, its false flags (:func:`pick_false_flags`) as xyxy fractions of the photo's width
     and height: the model's working scale need not be the one a fine-tune trains at.
 
-    ``predictor`` is a classifier (:func:`models.predictor.load_predictor`); its tile scores are the
-    ones serving takes the max of (:func:`models.photo.score_photo`, per-level calibration included).
+    ``predictor`` is a classifier or a detector (:func:`models.predictor.load_predictor`). A
+    classifier's flags are its tiles, scored as serving takes the max of them
+    (:func:`models.photo.score_photo`, per-level calibration included); a detector's are its boxes
+    (:func:`flagged_boxes`).
     """
     from datasets.coco import annotations_by_image
-    from models.photo import as_prep, score_photo
+    from models.photo import as_prep
     from training.data import load_working_photo
 
     prep = as_prep(predictor.bundle.prep)
@@ -88,12 +99,64 @@ def mine_false_flags(
     for n, image_id in enumerate(sorted(image_ids)):
         image = images[image_id]
         rgb = load_working_photo(dataset.image_path(image), prep)
-        scores = score_photo(rgb, predictor, prep)
-        tiles = np.array([t.xyxy for t in scores.tiles], np.float32).reshape(-1, 4)
-        clean = known_clean(image, anns.get(image_id, []), tiles, rgb.shape)
-        picked = pick_false_flags(scores.tile_scores, clean, per_family, threshold)
+        regions, scores = flagged_boxes(rgb, predictor, prep, threshold)
+        clean = known_clean(image, anns.get(image_id, []), regions, rgb.shape)
+        picked = pick_false_flags(scores, clean, per_family, threshold)
         h, w = rgb.shape[:2]
-        out[image_id] = tiles[picked] / np.array([w, h, w, h], np.float32)
+        out[image_id] = regions[picked] / np.array([w, h, w, h], np.float32)
         if log and (n + 1) % 50 == 0:
             log(f"mining false flags: {n + 1}/{len(image_ids)} photos")
     return out
+
+
+def flagged_boxes(
+    rgb_work: np.ndarray, predictor: Any, prep: Any, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The regions a model flags on a working-scale photo and their family scores: (N, 4) xyxy working
+    pixels and (N, F). A classifier's are all its tiles; a detector's are its boxes scoring
+    ``threshold`` or more, each scored for its own family only."""
+    from models.photo import detect_photo, score_photo
+
+    if predictor.task == "classifier":
+        scores = score_photo(rgb_work, predictor, prep)
+        return np.array([t.xyxy for t in scores.tiles], np.float32).reshape(-1, 4), scores.tile_scores
+    families = list(predictor.families)
+    # Decoded as triage does but at this threshold; a box one view missed reports half its score.
+    found = detect_photo(rgb_work, predictor, prep, score_threshold=threshold)
+    found = [d for d in found if d[1] >= threshold]
+    table = np.zeros((len(found), len(families)), np.float32)
+    for i, (_, score, family, _) in enumerate(found):
+        table[i, families.index(family)] = score
+    return np.array([d[0] for d in found], np.float32).reshape(-1, 4), table
+
+
+def mined_key(bundle: Any, image_ids: Mapping[str, list[int]], per_family: int, threshold: float) -> str:
+    """A short hash of what decides a model's false flags on a dataset's photos (with its data version):
+    the model's files, which photos, how many per family and from what score."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(bundle.folder).iterdir()):
+        if path.is_file() and path.suffix != ".md":  # its card changes no score
+            digest.update(path.name.encode() + path.read_bytes())
+    fields = {"ids": {k: sorted(v) for k, v in image_ids.items()}, "n": per_family, "t": threshold}
+    digest.update(json.dumps(fields, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def save_mined(path: Path, mined: Mapping[str, Mapping[int, np.ndarray]]) -> None:
+    """Write false flags (split -> photo id -> xyxy fractions) as JSON, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = {name: {str(i): b.tolist() for i, b in boxes.items()} for name, boxes in mined.items()}
+    tmp = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(rows), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_mined(path: Path) -> dict[str, dict[int, np.ndarray]] | None:
+    """False flags saved by :func:`save_mined`, or None when there are none."""
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        name: {int(i): np.asarray(b, np.float32).reshape(-1, 4) for i, b in boxes.items()}
+        for name, boxes in rows.items()
+    }
