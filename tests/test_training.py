@@ -597,7 +597,7 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     on_train = int(line.split("): ")[1].split(" on train")[0])
     # one look-alike crop per mined tile (lookalike_crops: 1), beside the generator's named look-alikes
     assert on_train > 0 and lookalikes(tuned) >= on_train and lookalikes(tuned) > lookalikes(plain)
-    # Without a starting model there is nothing to mine; a detector recipe cannot ask for it.
+    # Without a starting model there is nothing to mine.
     scratch: list[str] = []
     train("classifier", _config("classifier", epochs=1, cache=cache), po, out=data_dir / "s", track=False,
           log=scratch.append)  # fmt: skip
