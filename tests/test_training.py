@@ -658,7 +658,8 @@ def test_a_detector_fine_tune_mines_its_starting_detectors_boxes_that_hold_no_de
     again: list[str] = []
     train("detector", _config("detector", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
           out=data_dir / "again", track=False, log=again.append)  # fmt: skip
-    assert " 0 on train photos" in next(li for li in again if li.startswith("false flags of"))
+    line = next(li for li in again if li.startswith("false flags of"))
+    assert f"read back from {saved}" in line and " 0 on train photos" in line
     # another threshold is another set of false flags
     other = {**cache, "mine_threshold": 0.03}
     train("detector", _config("detector", epochs=1, cache=other), po, from_ref=str(source.bundle_dir),

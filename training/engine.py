@@ -296,6 +296,7 @@ def mine_for(
     saved = cache_root / f"mined-{split.data_version}-{key}.json"
     t0 = time.perf_counter()
     mined = load_mined(saved)
+    how = f"read back from {saved}"
     if mined is None:
         predictor = load_predictor(
             from_bundle.folder, "torch", "cuda" if device.type == "cuda" else "cpu", config.num_threads
@@ -306,9 +307,10 @@ def mine_for(
             for name in ("train", "val")
         }
         save_mined(saved, mined)
+        how = f"{time.perf_counter() - t0:.0f} s"
     counts = {name: sum(len(v) for v in boxes.values()) for name, boxes in mined.items()}
     log(
-        f"false flags of {from_ref} mined as hard negatives ({time.perf_counter() - t0:.0f} s): "
+        f"false flags of {from_ref} mined as hard negatives ({how}): "
         f"{counts['train']} on train photos, {counts['val']} on val photos"
     )
     return mined
