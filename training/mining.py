@@ -132,11 +132,15 @@ def flagged_boxes(
 
 def mined_key(bundle: Any, image_ids: Mapping[str, list[int]], per_family: int, threshold: float) -> str:
     """A short hash of what decides a model's false flags on a dataset's photos (with its data version):
-    the model's files, which photos, how many per family and from what score."""
+    the files its torch scores come from, which photos, how many per family and from what score."""
+    from models.bundle import BUNDLE_FILE, MEMORY_FILE, WEIGHTS_FILE
+
     digest = hashlib.sha256()
-    for path in sorted(Path(bundle.folder).iterdir()):
-        if path.is_file() and path.suffix != ".md":  # its card changes no score
-            digest.update(path.name.encode() + path.read_bytes())
+    # Not its card, nor model.onnx: exporting (serving does it on first use) changes no torch score.
+    for name in (BUNDLE_FILE, WEIGHTS_FILE, MEMORY_FILE):
+        path = Path(bundle.folder) / name
+        if path.is_file():
+            digest.update(name.encode() + path.read_bytes())
     fields = {"ids": {k: sorted(v) for k, v in image_ids.items()}, "n": per_family, "t": threshold}
     digest.update(json.dumps(fields, sort_keys=True).encode())
     return digest.hexdigest()[:16]
