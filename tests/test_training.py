@@ -359,6 +359,9 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert 0.0 <= report["map_supported"]["map50"] <= 1.0
     assert report["flat"]["val/supported/map50"] == report["map_supported"]["map50"]
     assert "boxes as triage scores them" in format_report(report)
+    assert "best box per family" in format_report(report)
+    (classifier_report,) = [r for name, r in both.items() if name != bundle.ref]
+    assert "best box" not in format_report(classifier_report)
 
 
 def _paired_runs(po, guide_threshold: float):

@@ -508,6 +508,11 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
 def format_report(report: dict) -> str:
     """A small table for the terminal."""
     lines = [f"photos: {report['photos']}"]
+    if "map" in report:
+        # Its thresholds are fitted like the classifier's, but nothing in triage acts on them.
+        lines.append(
+            "a detector's photo score is its best box per family; triage's verdicts come from the classifier"
+        )
     lines.append(
         f"{'family':<10}{'pos':>5}{'neg':>5}{'AUROC':>8}{'AP':>8}{'thresh':>8}{'recall':>8}{'false-flag':>12}"
     )
