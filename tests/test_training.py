@@ -77,6 +77,9 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert bundle.prep["input_size"] == 48 and bundle.data_version
     for section in ("## Data", "## Validation", "## Thresholds", "## Known limits", "## Reproduce"):
         assert section in bundle.card
+    assert (
+        "Platt scaling on the max tile score" in bundle.card and "classifier's thresholds" not in bundle.card
+    )
 
     # The MLflow run: config as params and artifact, per-epoch losses, final metrics, plots, the model.
     uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
@@ -344,6 +347,7 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert [h["epoch"] for h in resumed.history] == [1, 2]  # continued, not restarted
     bundle = load_bundle(resumed.bundle_dir)
     assert bundle.task == "detector" and len(bundle.subtypes) == 16
+    assert "Platt scaling on the best box's score" in bundle.card and "classifier's thresholds" in bundle.card
     assert 0.0 <= bundle.metrics["val/map50"] <= 1.0 and "stitching" in bundle.metrics["map"]["per_family"]
 
     reports = validate(str(resumed.bundle_dir), po, track=False, log=lambda m: None)

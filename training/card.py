@@ -63,16 +63,25 @@ def model_card(
         "",
         *validation_table(bundle, report),
     ]
+    score_of = "the best box's score" if bundle.task == "detector" else "the max tile score"
+    # Boxes under the decoding threshold leave a photo at 0, so a recall goal can put flag at "any box".
+    detector_note = (
+        " Triage's verdicts come from the classifier's thresholds: these are for `loupe val`, and a "
+        "detector's photo recall is capped by the photos on which it leaves no box."
+        if bundle.task == "detector"
+        else ""
+    )
     target = cfg["calibration"]["target_recall"]
     review = cfg["calibration"]["review_recall"]
     lines += [
         "",
         "## Thresholds",
-        "Per family, Platt scaling on the max tile score, fitted on all validation photos; **flag** is "
+        f"Per family, Platt scaling on {score_of}, fitted on all validation photos; **flag** is "
         f"the highest threshold keeping recall ≥ {target} on them, **review** keeps ≥ {review}. The table "
         "above is cross-fitted: each half of the photos (alternate by id) is scored with the calibration "
         "and thresholds fitted on the other half, so no recall is measured on the photos that chose its "
-        "threshold. Its AUROC and AP pool both halves; the flag and review columns are the shipped values.",
+        "threshold. Its AUROC and AP pool both halves; the flag and review columns are the shipped values."
+        + detector_note,
         *_level_lines(bundle, cfg),
         "",
         "## Known limits",
