@@ -28,9 +28,13 @@ resampled photos in each bootstrap round. The buyer set is synthetic (no real ph
 treat it as a check that the fine-tuning path works and helps, not as a promise about a real buyer's
 photos.
 
+``--task detector`` runs the same three arms for the detector (`configs/finetune_detector.yaml`) and
+compares the mAP@0.5 of their boxes on the held-out photos (pycocotools), overall and per family, with
+the same kind of paired-bootstrap interval (200 rounds by default: each round is a COCO evaluation).
+
     .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station|vintage] [--train-photos 48]
                                                   [--test-photos 240] [--test-seed 502]
-                                                  [--seeds 0 1 2]
+                                                  [--seeds 0 1 2] [--task classifier|detector]
 """
 
 from __future__ import annotations
@@ -201,25 +205,80 @@ def paired_bootstrap(
     return out
 
 
-def train(from_ref: str | None, data: Path, out: Path, base: str, seed: int) -> tuple[str, float, bool]:
-    """Train one arm with the fine-tuning recipe at ``seed``: its bundle, seconds, and whether it kept
-    the starting model's weights (no epoch beat them on the validation crops)."""
+def photo_boxes(model: str, data: Path, threads: int = 2) -> tuple[list[dict], dict]:
+    """The detector ``model``'s boxes on ``data`` (COCO results in photo pixels) and its ground truth,
+    the way `loupe val` runs it."""
+    from datasets.reader import read_dataset
+    from models.predictor import load_predictor
+    from training.evaluate import ground_truth, run_on_photos
+
+    predictor = load_predictor(model, backend="torch", device="auto", threads=threads, task="detector")
+    dataset = read_dataset(data)
+    ids = [im["id"] for im in dataset.coco["images"]]
+    run = run_on_photos(dataset, ids, predictor, predictor.bundle.prep, n_panels=0)
+    return run.detections, ground_truth(dataset, ids)
+
+
+def box_figures(gt: dict, detections: list[dict], families: list[str], pick: np.ndarray | None = None):
+    """mAP@0.5 overall and per family (pycocotools, :func:`training.evaluate.detection_map`): shape
+    (1 + len(families),). ``pick``: photo rows to judge on, repeats allowed (each copy is a photo)."""
+    from training.evaluate import detection_map
+
+    if pick is not None:
+        images = gt["images"]
+        new_ids: dict[int, list[int]] = {}  # original id -> the ids of its copies
+        for n, row in enumerate(pick):
+            new_ids.setdefault(images[row]["id"], []).append(n + 1)
+        copies = [(a, i) for a in gt["annotations"] for i in new_ids.get(a["image_id"], [])]
+        gt = {
+            "images": [{**images[row], "id": n + 1} for n, row in enumerate(pick)],
+            "annotations": [{**a, "id": k + 1, "image_id": i} for k, (a, i) in enumerate(copies)],
+            "categories": gt["categories"],
+        }
+        detections = [{**d, "image_id": i} for d in detections for i in new_ids.get(d["image_id"], [])]
+    m = detection_map(gt, detections)
+    return np.array([m.map50] + [m.per_family.get(f, {}).get("map50", math.nan) for f in families])
+
+
+def paired_box_bootstrap(
+    arm: list[list[dict]], base: list[list[dict]], gt: dict, families: list[str], rounds: int, seed: int = 0
+) -> np.ndarray:
+    """(rounds, 1 + families) mAP@0.5 differences ``arm - base`` on resampled photos, each side the
+    mean over its seeds' boxes (as :func:`paired_bootstrap` does for the classifier)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((rounds, 1 + len(families)))
+    for r in range(rounds):
+        pick = rng.integers(0, len(gt["images"]), len(gt["images"]))
+        figures = [
+            np.mean([box_figures(gt, d, families, pick) for d in side], axis=0) for side in (arm, base)
+        ]
+        out[r] = figures[0] - figures[1]
+    return out
+
+
+def train(
+    from_ref: str | None, data: Path, out: Path, base: str, seed: int, task: str = "classifier"
+) -> tuple[str, float, bool]:
+    """Train one arm with ``task``'s fine-tuning recipe at ``seed``: its bundle, seconds, and whether
+    it kept the starting model's weights (no epoch beat them on the validation crops)."""
     from cv.prep import PrepSettings
     from models.bundle import load_bundle
     from models.refs import resolve_model_ref
     from training.config import load_train_config
+    from training.engine import keep_decoding
     from training.engine import train as train_model
 
     shutil.rmtree(out, ignore_errors=True)
-    config = load_train_config("finetune_classifier", "classifier")
-    # Both arms see the same pixels: scratch gets the base model's prep (a fine-tune keeps it anyway).
-    base_prep = PrepSettings(**load_bundle(resolve_model_ref(base, "classifier")).prep)
-    config = config.model_copy(update={"prep": base_prep, "seed": seed})
+    config = load_train_config(f"finetune_{task}", task)
+    # Both arms see the same pixels and read boxes alike: scratch gets the base model's prep and
+    # decoding (a fine-tune keeps both anyway).
+    base_bundle = load_bundle(resolve_model_ref(base, task))
+    config = config.model_copy(update={"prep": PrepSettings(**base_bundle.prep), "seed": seed})
     lines: list[str] = []
+    if task == "detector":
+        config = keep_decoding(config, base_bundle, lines.append)
     started = time.perf_counter()
-    result = train_model(
-        "classifier", config, data, from_ref=from_ref, out=out, track=False, log=lines.append
-    )
+    result = train_model(task, config, data, from_ref=from_ref, out=out, track=False, log=lines.append)
     kept = any(line.startswith("no epoch beat the starting model") for line in lines)
     return str(result.bundle_dir), time.perf_counter() - started, kept
 
@@ -239,7 +298,18 @@ def main() -> None:
         default=502,
         help="seed of the held-out photos: a new one judges a recipe on photos that did not choose it",
     )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resampling rounds for the intervals")
+    parser.add_argument(
+        "--task",
+        choices=("classifier", "detector"),
+        default="classifier",
+        help="the model to fine-tune: photo AUROC/AP (classifier) or mAP@0.5 of its boxes (detector)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        help="resampling rounds for the intervals (1000; 200 for the detector, each round a COCO evaluation)",
+    )
     parser.add_argument("--base", default="default", help="the model to fine-tune from")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe seeds for the trained arms"
@@ -257,14 +327,65 @@ def main() -> None:
     print(f"buyer photos ready in {time.perf_counter() - started:.0f} s: {buyer_train}, {buyer_test}")
 
     arms: dict[str, list[str]] = {"default": [args.base], "scratch": [], "fine-tune": []}
+    suffix = "" if args.task == "classifier" else f"-{args.task}"
     for seed in args.seeds:
         for name, from_ref in (("scratch", None), ("fine-tune", args.base)):
-            run = CACHE / f"{args.look}-{args.train_photos}-run-{name}-seed{seed}"
-            bundle, seconds, kept = train(from_ref, buyer_train, run, args.base, seed)
+            run = CACHE / f"{args.look}-{args.train_photos}-run-{name}-seed{seed}{suffix}"
+            bundle, seconds, kept = train(from_ref, buyer_train, run, args.base, seed, args.task)
             arms[name].append(bundle)
             note = ": no epoch beat the starting model, its weights kept (recalibrated)" if kept else ""
             print(f"seed {seed}: {name} trained on {args.train_photos} photos in {seconds:.0f} s{note}")
+    results_file = CACHE / f"{test_name}-{args.train_photos}{suffix}-results.json"
+    if args.task == "detector":
+        report_boxes(arms, buyer_test, args, results_file)
+    else:
+        report_photos(arms, buyer_test, args, results_file)
 
+
+def interval(diffs: np.ndarray, point: float) -> tuple[dict, str]:
+    """A difference and its 95 % bootstrap interval: "better" only when the whole interval is above 0."""
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
+    return {"diff": point, "low": lo, "high": hi}, f"{point:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {verdict}"
+
+
+def report_boxes(arms: dict[str, list[str]], buyer_test: Path, args, results_file: Path) -> None:
+    """The detector arms' mAP@0.5 on the held-out photos and the fine-tune's paired differences."""
+    from datasets.taxonomy import FAMILIES
+
+    families = list(FAMILIES)
+    boxes = {name: [photo_boxes(ref, buyer_test) for ref in refs] for name, refs in arms.items()}
+    gt = boxes["default"][0][1]
+    dets = {name: [d for d, _ in runs] for name, runs in boxes.items()}
+    per_seed = {name: [box_figures(gt, d, families) for d in runs] for name, runs in dets.items()}
+    figures = {name: np.mean(runs, axis=0) for name, runs in per_seed.items()}
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    counts = {f: sum(names.get(a["category_id"]) == f for a in gt["annotations"]) for f in families}
+    print(f"\nheld-out buyer photos ({args.look} look): {len(gt['images'])}; trained arms: mean over seeds")
+    print(f"{'mAP@0.5':<10}{'boxes':>6}" + "".join(f"{n:>12}" for n in arms))
+    for j, name in enumerate(["all", *families]):
+        n = len(gt["annotations"]) if name == "all" else counts[name]
+        print(f"{name:<10}{n:>6}" + "".join(f"{fmt(f[j]):>12}" for f in figures.values()))
+    for name in ("scratch", "fine-tune"):
+        for seed, f in zip(args.seeds, per_seed[name], strict=True):
+            print(f"  {name} seed {seed}: mAP@0.5 {fmt(f[0])} ({' / '.join(fmt(v) for v in f[1:])})")
+    rounds = args.bootstrap or 200
+    print(
+        f"\nfine-tune minus baseline, mAP@0.5 (95 % interval: paired bootstrap over photos, {rounds} rounds):"
+    )
+    differences = {}
+    for base in ("default", "scratch"):
+        diffs = paired_box_bootstrap(dets["fine-tune"], dets[base], gt, families, rounds)
+        gap = figures["fine-tune"] - figures[base]
+        for j, name in enumerate(["all", *families]):
+            differences[f"vs_{base}_{name}_map50"], line = interval(diffs[:, j], gap[j])
+            print(f"  vs {base:<8} {name:<10} {line}")
+    results = {name: dict(zip(["all", *families], map(float, f), strict=True)) for name, f in figures.items()}
+    results_file.write_text(json.dumps({"map50": results, "differences": differences}, indent=2))
+
+
+def report_photos(arms: dict[str, list[str]], buyer_test: Path, args, results_file: Path) -> None:
+    """The classifier arms' photo AUROC and AP on the held-out photos and the fine-tune's differences."""
     scored = {name: [photo_scores(ref, buyer_test) for ref in refs] for name, refs in arms.items()}
     _, labels, families = scored["default"][0]
     columns = [i for i in range(len(families)) if 0 < labels[:, i].sum() < len(labels)]
@@ -283,20 +404,15 @@ def main() -> None:
         for seed, f in zip(args.seeds, per_seed[name], strict=True):
             aurocs = " / ".join(fmt(v) for v in f[0])
             print(f"  {name} seed {seed}: AUROC {aurocs}")
+    rounds = args.bootstrap or 1000
     print(
         f"\nfine-tune minus baseline, mean over families with positives "
-        f"(95 % interval: paired bootstrap over photos, {args.bootstrap} rounds):"
+        f"(95 % interval: paired bootstrap over photos, {rounds} rounds):"
     )
-
-    def interval(diffs: np.ndarray, point: float) -> tuple[dict, str]:
-        lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-        verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-        return {"diff": point, "low": lo, "high": hi}, f"{point:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {verdict}"
-
     summary = {}
     per_family = {}
     for base in ("default", "scratch"):
-        diffs = paired_bootstrap(raws["fine-tune"], raws[base], labels, families, columns, args.bootstrap)
+        diffs = paired_bootstrap(raws["fine-tune"], raws[base], labels, families, columns, rounds)
         gap = figures["fine-tune"] - figures[base]
         for k, metric in enumerate(("auroc", "ap")):
             mean_diffs = np.nanmean(diffs[:, k], axis=1)
@@ -309,7 +425,7 @@ def main() -> None:
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()
     }
-    (CACHE / f"{test_name}-{args.train_photos}-results.json").write_text(
+    results_file.write_text(
         json.dumps({"figures": results, "differences": summary, "per_family": per_family}, indent=2)
     )
 
