@@ -219,7 +219,9 @@ def photo_boxes(model: str, data: Path, threads: int = 2) -> tuple[list[dict], d
     return run.detections, ground_truth(dataset, ids)
 
 
-def box_figures(gt: dict, detections: list[dict], families: list[str], pick: np.ndarray | None = None):
+def box_figures(
+    gt: dict, detections: list[dict], families: list[str], pick: np.ndarray | None = None
+) -> np.ndarray:
     """mAP@0.5 overall and per family (pycocotools, :func:`training.evaluate.detection_map`): shape
     (1 + len(families),). ``pick``: photo rows to judge on, repeats allowed (each copy is a photo)."""
     from training.evaluate import detection_map
