@@ -151,16 +151,24 @@ def make_buyer_set(folder: Path, look: Look, photos: int, seed: int) -> Path:
     return folder
 
 
-def photo_scores(model: str, data: Path, threads: int = 2) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-photo raw family scores and labels of ``model`` on ``data``, the way `loupe val` runs it."""
+def run_model(model: str, data: Path, task: str, threads: int = 2):
+    """``model`` run over every photo of ``data`` the way `loupe val` runs it: the run
+    (:class:`training.evaluate.PhotoRun`) and the ground truth of its photos."""
     from datasets.reader import read_dataset
     from models.predictor import load_predictor
-    from training.evaluate import run_on_photos
+    from training.evaluate import ground_truth, run_on_photos
 
-    predictor = load_predictor(model, backend="torch", device="auto", threads=threads, task="classifier")
+    predictor = load_predictor(model, backend="torch", device="auto", threads=threads, task=task)
     dataset = read_dataset(data)
     ids = [im["id"] for im in dataset.coco["images"]]
-    run = run_on_photos(dataset, ids, predictor, predictor.bundle.prep, n_panels=0)
+    return run_on_photos(dataset, ids, predictor, predictor.bundle.prep, n_panels=0), ground_truth(
+        dataset, ids
+    )
+
+
+def photo_scores(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-photo raw family scores and labels of the classifier ``model`` on ``data``."""
+    run, _ = run_model(model, data, "classifier")
     return run.raw, run.labels, run.families
 
 
@@ -205,39 +213,37 @@ def paired_bootstrap(
     return out
 
 
-def photo_boxes(model: str, data: Path, threads: int = 2) -> tuple[list[dict], dict]:
-    """The detector ``model``'s boxes on ``data`` (COCO results in photo pixels) and its ground truth,
-    the way `loupe val` runs it."""
-    from datasets.reader import read_dataset
-    from models.predictor import load_predictor
-    from training.evaluate import ground_truth, run_on_photos
+def photo_boxes(model: str, data: Path) -> tuple[list[dict], dict]:
+    """The detector ``model``'s boxes on ``data`` (COCO results in photo pixels) and its ground truth."""
+    run, gt = run_model(model, data, "detector")
+    return run.detections, gt
 
-    predictor = load_predictor(model, backend="torch", device="auto", threads=threads, task="detector")
-    dataset = read_dataset(data)
-    ids = [im["id"] for im in dataset.coco["images"]]
-    run = run_on_photos(dataset, ids, predictor, predictor.bundle.prep, n_panels=0)
-    return run.detections, ground_truth(dataset, ids)
+
+def resampled(gt: dict, pick: np.ndarray) -> tuple[dict, dict[int, list[int]]]:
+    """``gt`` on the photo rows ``pick`` (repeats allowed: each copy is a photo of its own id), and
+    per original photo id the ids of its copies (:func:`box_figures` maps detections with them)."""
+    images = gt["images"]
+    copies: dict[int, list[int]] = {}
+    for n, row in enumerate(pick):
+        copies.setdefault(images[row]["id"], []).append(n + 1)
+    anns = [(a, i) for a in gt["annotations"] for i in copies.get(a["image_id"], [])]
+    return {
+        "images": [{**images[row], "id": n + 1} for n, row in enumerate(pick)],
+        "annotations": [{**a, "id": k + 1, "image_id": i} for k, (a, i) in enumerate(anns)],
+        "categories": gt["categories"],
+    }, copies
 
 
 def box_figures(
-    gt: dict, detections: list[dict], families: list[str], pick: np.ndarray | None = None
+    gt: dict, detections: list[dict], families: list[str], copies: dict[int, list[int]] | None = None
 ) -> np.ndarray:
     """mAP@0.5 overall and per family (pycocotools, :func:`training.evaluate.detection_map`): shape
-    (1 + len(families),). ``pick``: photo rows to judge on, repeats allowed (each copy is a photo)."""
+    (1 + len(families),). With ``copies`` (from :func:`resampled`) ``gt`` is a resampled one and each
+    detection goes to every copy of its photo."""
     from training.evaluate import detection_map
 
-    if pick is not None:
-        images = gt["images"]
-        new_ids: dict[int, list[int]] = {}  # original id -> the ids of its copies
-        for n, row in enumerate(pick):
-            new_ids.setdefault(images[row]["id"], []).append(n + 1)
-        copies = [(a, i) for a in gt["annotations"] for i in new_ids.get(a["image_id"], [])]
-        gt = {
-            "images": [{**images[row], "id": n + 1} for n, row in enumerate(pick)],
-            "annotations": [{**a, "id": k + 1, "image_id": i} for k, (a, i) in enumerate(copies)],
-            "categories": gt["categories"],
-        }
-        detections = [{**d, "image_id": i} for d in detections for i in new_ids.get(d["image_id"], [])]
+    if copies is not None:
+        detections = [{**d, "image_id": i} for d in detections for i in copies.get(d["image_id"], [])]
     m = detection_map(gt, detections)
     return np.array([m.map50] + [m.per_family.get(f, {}).get("map50", math.nan) for f in families])
 
@@ -250,9 +256,9 @@ def paired_box_bootstrap(
     rng = np.random.default_rng(seed)
     out = np.empty((rounds, 1 + len(families)))
     for r in range(rounds):
-        pick = rng.integers(0, len(gt["images"]), len(gt["images"]))
+        gt_r, copies = resampled(gt, rng.integers(0, len(gt["images"]), len(gt["images"])))
         figures = [
-            np.mean([box_figures(gt, d, families, pick) for d in side], axis=0) for side in (arm, base)
+            np.mean([box_figures(gt_r, d, families, copies) for d in side], axis=0) for side in (arm, base)
         ]
         out[r] = figures[0] - figures[1]
     return out
