@@ -14,6 +14,8 @@ from training.evaluate import (
     detection_map,
     family_metrics,
     flat_metrics,
+    format_report,
+    group_auroc,
     photo_report,
     subtype_recall,
     triage_outcome,
@@ -100,6 +102,36 @@ def test_subtype_auroc_ranks_its_photos_against_the_photos_without_that_familys_
     assert math.isnan(
         subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})["puckering"]["auroc"]
     )
+
+
+def test_group_auroc_ranks_within_each_framing_and_product():
+    scores, labels = _case()  # stitching ranked 0.9+ 0.8- 0.7+ 0.6+ 0.5- 0.4-
+    groups = [
+        {"shot": "whole", "product": "bag"},
+        {"shot": "whole", "product": "bag"},
+        {"shot": "closeup", "product": "bag"},
+        {"shot": "whole"},  # an imported photo may say nothing of its product
+        {"shot": "closeup", "product": "bag"},
+        {"shot": "closeup", "product": "bag"},
+    ]
+    run = PhotoRun(list(FAMS), list(range(6)), scores, labels, groups=groups)
+    out = group_auroc(scores, run)
+    assert set(out) == {"shot"}  # one product value splits nothing
+    whole, closeup = out["shot"]["whole"], out["shot"]["closeup"]
+    # whole: 0.9+ 0.8- 0.6+ -> of 2 pairs, 0.9 > 0.8 wins and 0.6 < 0.8 loses; closeup: 0.7+ over 0.5-, 0.4-
+    assert (whole["photos"], whole["positives"]["stitching"]) == (3, 2)
+    assert whole["auroc"]["stitching"] == pytest.approx(1 / 2)
+    assert closeup["auroc"]["stitching"] == 1.0
+    assert math.isnan(whole["auroc"]["logo"])  # no logo defect: no AUROC
+    report = photo_report(run, {}, {f: {"flag": 0.5} for f in FAMS})
+    assert report["flat"]["val/shot/whole/stitching/auroc"] == pytest.approx(1 / 2)
+    assert "val/shot/whole/logo/auroc" not in report["flat"]
+    text = format_report(report)
+    header, closeup_row, whole_row = text.splitlines()[-3:]
+    assert header.startswith("by shot") and closeup_row.split()[:3] == ["closeup", "3", "1.000"]
+    assert whole_row.split()[:4] == ["whole", "3", "0.500", "(2)"]
+    # photos without those fields (an imported COCO file) leave the breakdown out
+    assert group_auroc(scores, PhotoRun(list(FAMS), list(range(6)), scores, labels)) == {}
 
 
 def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -366,6 +367,11 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert "best box per family" in format_report(report)
     (classifier_report,) = [r for name, r in both.items() if name != bundle.ref]
     assert "best box" not in format_report(classifier_report)
+    # The breakdown by framing reads each photo's shot from the PO's annotations.
+    shots = Counter(im["shot"] for im in json.loads((po / "annotations.json").read_text())["images"])
+    assert len(shots) == 2, "seed 5's 12 photos hold whole-product shots and close-ups"
+    by_shot = classifier_report["per_group"]["shot"]
+    assert {v: g["photos"] for v, g in by_shot.items()} == dict(shots)
 
 
 def _paired_runs(po, guide_threshold: float):

@@ -219,6 +219,8 @@ class PhotoRun:
     detections: list[dict] = field(default_factory=list)  # COCO results in photo pixels (detector)
     panels: list[tuple[np.ndarray, str]] = field(default_factory=list)  # drawn thumbnails for MLflow
     subtypes: list[list[str]] = field(default_factory=list)  # per photo, the defect subtypes it holds
+    # per photo, what the dataset says of it that splits a PO (GROUP_KEYS: framing, product); {} when nothing
+    groups: list[dict[str, str]] = field(default_factory=list)
     level_raw: np.ndarray | None = None  # classifier: N×L×F max tile score per pyramid level
     levels: tuple[float, ...] = ()  # the levels of level_raw, coarsest first
     # classifier: per image id its tile scores (models.photo.PhotoScores) and working -> photo factor
@@ -297,6 +299,7 @@ def run_on_photos(
     images = {im["id"]: im for im in dataset.coco["images"]}
     anns = annotations_by_image(dataset.coco)
     raw, labels, dets, panels, subtypes, level_raw, levels = [], [], [], [], [], [], ()
+    groups: list[dict[str, str]] = []
     photo_scores: dict[int, tuple[Any, float]] = {}
     supported: list[dict] | None = [] if support is not None else None
     for n, image_id in enumerate(image_ids):
@@ -304,6 +307,7 @@ def run_on_photos(
         rgb = load_working_photo(dataset.image_path(image), prep)
         labels.append(photo_labels(image, anns.get(image_id, []), families))
         subtypes.append(sorted({a["subtype"] for a in anns.get(image_id, []) if a.get("subtype")}))
+        groups.append({k: str(image[k]) for k in GROUP_KEYS if image.get(k)})
         to_photo = (image.get("width") or rgb.shape[1]) / rgb.shape[1]
         findings = []
         if predictor.task == "classifier":
@@ -348,6 +352,7 @@ def run_on_photos(
         detections=dets,
         panels=panels,
         subtypes=subtypes,
+        groups=groups,
         level_raw=np.asarray(level_raw, np.float32) if level_raw else None,
         levels=levels,
         photo_scores=photo_scores,
@@ -408,6 +413,7 @@ def photo_report(
         "photos": len(run.image_ids),
         "per_family": {f: m.as_dict() for f, m in per_family.items()},
         "per_subtype": subtype_recall(probs, run, flag),
+        "per_group": group_auroc(probs, run),
         "confusion": confusion_by_family(probs, run.labels, flag, run.families),
         "triage": outcome,
         "flat": {
@@ -415,6 +421,11 @@ def photo_report(
             **{f"val/triage/{k}": v for k, v in outcome.items() if isinstance(v, float)},
         },
     }
+    for key, by_value in report["per_group"].items():
+        for value, g in by_value.items():
+            report["flat"].update(
+                {f"val/{key}/{value}/{f}/auroc": a for f, a in g["auroc"].items() if not math.isnan(a)}
+            )
     if gt is not None and run.detections is not None and gt.get("annotations"):
         m = detection_map(gt, run.detections)
         report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
@@ -505,6 +516,41 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
     return out
 
 
+# Photo fields a generated PO carries (datasets/synth/po.py) that split it where models differ most:
+# whole-product shots against close-ups (a thread under a pixel, or several), and the product.
+# A field an imported dataset lacks is simply not reported.
+GROUP_KEYS = ("shot", "product")
+
+
+def group_auroc(probs: np.ndarray, run: PhotoRun) -> dict[str, dict[str, dict]]:
+    """Per-family AUROC within each value of each :data:`GROUP_KEYS` field that splits the photos
+    in two or more: ``{"shot": {"whole": {"photos": 93, "positives": {...}, "auroc": {...}}}}``.
+
+    Why: a PO's figure averages over framings, and a classifier that is blind to threads on
+    whole-product shots can score well on a PO of close-ups; this shows it in every ``loupe val``.
+    AUROC is nan where a family has no positive or no negative photo in the group.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, dict[str, dict]] = {}
+    groups = run.groups or [{} for _ in run.image_ids]
+    for key in GROUP_KEYS:
+        values = sorted({g[key] for g in groups if key in g})
+        if len(values) < 2:
+            continue
+        out[key] = {}
+        for value in values:
+            rows = np.array([g.get(key) == value for g in groups], bool)
+            entry: dict = {"photos": int(rows.sum()), "positives": {}, "auroc": {}}
+            for k, family in enumerate(run.families):
+                y = run.labels[rows, k]
+                entry["positives"][family] = int(y.sum())
+                both = 0 < y.sum() < len(y)
+                entry["auroc"][family] = float(roc_auc_score(y, probs[rows, k])) if both else math.nan
+            out[key][value] = entry
+    return out
+
+
 def format_report(report: dict) -> str:
     """A small table for the terminal."""
     lines = [f"photos: {report['photos']}"]
@@ -546,6 +592,16 @@ def format_report(report: dict) -> str:
                 f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
                 f"{v.get('auroc', math.nan):>8.3f}"
             )
+    for key, by_value in (report.get("per_group") or {}).items():
+        families = list(report["per_family"])
+        header = "".join(f"{f:>14}" for f in families)
+        lines.append(f"{'by ' + key:<22}{'photos':>7}{header}   (AUROC, photos with the defect)")
+        for value, g in by_value.items():
+            cells = "".join(
+                format(f"{'n/a' if math.isnan(a) else format(a, '.3f')} ({g['positives'][f]})", ">14")
+                for f, a in g["auroc"].items()
+            )
+            lines.append(f"  {value:<20}{g['photos']:>7}{cells}")
     for key, title in (("map", "detector"), ("map_supported", "boxes as triage scores them")):
         if key not in report:
             continue
