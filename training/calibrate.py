@@ -28,7 +28,7 @@ FALLBACK_REVIEW = 0.25
 # Per-level calibration needs photos with and without the defect. Two of each is enough to help: on
 # the one-style jersey look, fits on 16 random photos (often under 5 with a stitching defect) raised
 # the stitching AUROC of fine-tuned weights on 60 other photos by 0.05-0.07 on average, in 91-96 % of
-# 200 draws (README, Benchmarks). Below it a family keeps the plain max over its tiles.
+# 200 draws (benchmarks/README.md). Below it a family keeps the plain max over its tiles.
 MIN_LEVEL_PHOTOS = 2
 # The parameters of a level left out of the max over levels: sigmoid(-30) ~ 1e-13, never the max.
 LEFT_OUT = {"a": 0.0, "b": -30.0}
