@@ -16,6 +16,7 @@ from training.evaluate import (
     flat_metrics,
     format_report,
     group_auroc,
+    group_map,
     photo_report,
     subtype_recall,
     triage_outcome,
@@ -275,6 +276,22 @@ def test_map_one_of_two_missed_is_known_value():
     # recall reaches 0.5 at precision 1: 51 of COCO's 101 recall points score 1, the rest 0
     assert m.map50 == pytest.approx(51 / 101)
     assert m.map50_95 == pytest.approx(51 / 101)
+
+
+def test_group_map_scores_each_framing_on_its_own_photos():
+    gt = _gt()  # photo 1: one stitching box; photo 2: a stitching and a label box
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 40], "score": 0.9}]  # photo 2 missed
+    labels = np.zeros((2, 3), bool)
+    groups = [{"shot": "closeup"}, {"shot": "whole"}]
+    run = PhotoRun(list(FAMS), [1, 2], np.zeros((2, 3)), labels, detections=dets, groups=groups)
+    out = group_map(gt, dets, run)["shot"]
+    assert out["closeup"] == {"map50": pytest.approx(1.0), "map50_95": pytest.approx(1.0), "boxes": 1}
+    assert out["whole"]["map50"] == 0.0 and out["whole"]["boxes"] == 2
+    # the PO as a whole: stitching 1 of 2 boxes (51 of 101 recall points), label none
+    assert detection_map(gt, dets).map50 == pytest.approx(51 / 101 / 2)
+    report = photo_report(run, {}, {f: {"flag": 0.5} for f in FAMS}, gt)
+    assert report["flat"]["val/shot/whole/map50"] == 0.0
+    assert "    closeup            mAP@0.5 1.000" in format_report(report)
 
 
 def test_map_no_detections_is_zero():

@@ -356,6 +356,11 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert report["photos"] == 12 and set(report["per_family"]) == {"stitching", "logo", "label"}
     assert 0.0 <= report["map"]["map50"] <= 1.0
     assert "map_supported" not in report  # no classifier given
+    # mAP by framing: each defect box is scored once, with the photos of its own shot
+    annotations = json.loads((po / "annotations.json").read_text())["annotations"]
+    by_shot = report["map_by_group"]["shot"]
+    assert sum(g["boxes"] for g in by_shot.values()) == len(annotations)
+    assert all(0.0 <= g["map50"] <= 1.0 for g in by_shot.values())
 
     # With a classifier, the detector's boxes are also scored as triage scores them.
     both = validate("default", po, detector_ref=str(resumed.bundle_dir), track=False, log=lambda m: None)

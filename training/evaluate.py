@@ -430,6 +430,9 @@ def photo_report(
         m = detection_map(gt, run.detections)
         report["map"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
         report["flat"].update(m.flat(prefix="val"))
+        report["map_by_group"] = group_map(gt, run.detections, run)
+        for key, by_value in report["map_by_group"].items():
+            report["flat"].update({f"val/{key}/{v}/map50": g["map50"] for v, g in by_value.items()})
         if run.supported_detections is not None:
             m = detection_map(gt, run.supported_detections)
             report["map_supported"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
@@ -551,6 +554,30 @@ def group_auroc(probs: np.ndarray, run: PhotoRun) -> dict[str, dict[str, dict]]:
     return out
 
 
+def group_map(gt: dict, detections: list[dict], run: PhotoRun) -> dict[str, dict[str, dict]]:
+    """mAP@0.5 and mAP@[.5:.95] of a detector's boxes within each value of each :data:`GROUP_KEYS`
+    field that splits the photos in two or more (values whose photos hold no box are left out)."""
+    out: dict[str, dict[str, dict]] = {}
+    groups = run.groups or [{} for _ in run.image_ids]
+    for key in GROUP_KEYS:
+        values = sorted({g[key] for g in groups if key in g})
+        if len(values) < 2:
+            continue
+        out[key] = {}
+        for value in values:
+            ids = {i for i, g in zip(run.image_ids, groups, strict=True) if g.get(key) == value}
+            sub_gt = {
+                **gt,
+                "images": [im for im in gt["images"] if im["id"] in ids],
+                "annotations": [a for a in gt.get("annotations", []) if a["image_id"] in ids],
+            }
+            if not sub_gt["annotations"]:
+                continue
+            m = detection_map(sub_gt, [d for d in detections if d["image_id"] in ids])
+            out[key][value] = {"map50": m.map50, "map50_95": m.map50_95, "boxes": len(sub_gt["annotations"])}
+    return out
+
+
 def format_report(report: dict) -> str:
     """A small table for the terminal."""
     lines = [f"photos: {report['photos']}"]
@@ -610,4 +637,12 @@ def format_report(report: dict) -> str:
         for f, v in mp["per_family"].items():
             if not math.isnan(v["map50"]):
                 lines.append(f"  {f:<10} mAP@0.5 {v['map50']:.3f}   mAP@[.5:.95] {v['map50_95']:.3f}")
+        if key == "map":
+            for group, by_value in (report.get("map_by_group") or {}).items():
+                lines.append(f"  by {group}:")
+                for value, g in by_value.items():
+                    lines.append(
+                        f"    {value:<18} mAP@0.5 {g['map50']:.3f}   mAP@[.5:.95] {g['map50_95']:.3f}"
+                        f"   ({g['boxes']} defect boxes)"
+                    )
     return "\n".join(lines)
