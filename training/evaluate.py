@@ -525,6 +525,18 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
 GROUP_KEYS = ("shot", "product")
 
 
+def group_rows(run: PhotoRun) -> dict[str, dict[str, np.ndarray]]:
+    """For each :data:`GROUP_KEYS` field whose values split the photos in two or more, each value's
+    photos as a boolean row mask (a photo without the field is in none of them)."""
+    groups = run.groups or [{} for _ in run.image_ids]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in GROUP_KEYS:
+        values = sorted({g[key] for g in groups if key in g})
+        if len(values) >= 2:
+            out[key] = {v: np.array([g.get(key) == v for g in groups], bool) for v in values}
+    return out
+
+
 def group_auroc(probs: np.ndarray, run: PhotoRun) -> dict[str, dict[str, dict]]:
     """Per-family AUROC within each value of each :data:`GROUP_KEYS` field that splits the photos
     in two or more: ``{"shot": {"whole": {"photos": 93, "positives": {...}, "auroc": {...}}}}``.
@@ -536,14 +548,9 @@ def group_auroc(probs: np.ndarray, run: PhotoRun) -> dict[str, dict[str, dict]]:
     from sklearn.metrics import roc_auc_score
 
     out: dict[str, dict[str, dict]] = {}
-    groups = run.groups or [{} for _ in run.image_ids]
-    for key in GROUP_KEYS:
-        values = sorted({g[key] for g in groups if key in g})
-        if len(values) < 2:
-            continue
+    for key, by_value in group_rows(run).items():
         out[key] = {}
-        for value in values:
-            rows = np.array([g.get(key) == value for g in groups], bool)
+        for value, rows in by_value.items():
             entry: dict = {"photos": int(rows.sum()), "positives": {}, "auroc": {}}
             for k, family in enumerate(run.families):
                 y = run.labels[rows, k]
@@ -558,14 +565,10 @@ def group_map(gt: dict, detections: list[dict], run: PhotoRun) -> dict[str, dict
     """mAP@0.5 and mAP@[.5:.95] of a detector's boxes within each value of each :data:`GROUP_KEYS`
     field that splits the photos in two or more (values whose photos hold no box are left out)."""
     out: dict[str, dict[str, dict]] = {}
-    groups = run.groups or [{} for _ in run.image_ids]
-    for key in GROUP_KEYS:
-        values = sorted({g[key] for g in groups if key in g})
-        if len(values) < 2:
-            continue
+    for key, by_value in group_rows(run).items():
         out[key] = {}
-        for value in values:
-            ids = {i for i, g in zip(run.image_ids, groups, strict=True) if g.get(key) == value}
+        for value, rows in by_value.items():
+            ids = {run.image_ids[i] for i in np.flatnonzero(rows)}
             sub_gt = {
                 **gt,
                 "images": [im for im in gt["images"] if im["id"] in ids],
