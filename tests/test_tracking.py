@@ -82,6 +82,30 @@ def test_tracked_run_logs_config_metrics_and_restores_environment(data_dir, tmp_
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_val_metrics_by_product_log_whatever_the_product_is_called(data_dir, tmp_path):
+    import mlflow
+    import numpy as np
+
+    from training.evaluate import PhotoRun, photo_report
+    from training.tracking import log_metrics, tracked_run
+
+    # An imported dataset's product names are free text: MLflow refuses quotes and brackets, and a
+    # slash would read as a path.
+    groups = [{"product": "Men's tee (navy)/XL"}] * 2 + [{"product": "bag"}] * 2
+    scores = np.array([[0.9, 0, 0], [0.1, 0, 0], [0.8, 0, 0], [0.2, 0, 0]])
+    labels = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], bool)
+    run = PhotoRun(["stitching", "logo", "label"], [1, 2, 3, 4], scores, labels, groups=groups)
+    report = photo_report(run, {}, {f: {"flag": 0.5} for f in run.families})
+    config_file = tmp_path / "recipe.yaml"
+    config_file.write_text("lr: 0.01\n")
+    with tracked_run("loupe-test", "r1", {"lr": 0.01}, config_file, data_version="abc") as active:
+        log_metrics(report["flat"])
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    metrics = mlflow.MlflowClient(uri).get_run(active.info.run_id).data.metrics
+    assert metrics["val/product/Men_s_tee__navy__XL/stitching/auroc"] == 1.0
+    assert metrics["val/product/bag/stitching/auroc"] == 1.0
+
+
 def test_two_trainings_starting_together_share_one_fresh_store(data_dir):
     """Two processes creating the same new SQLite store at once: both get the one experiment."""
     import subprocess

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -424,7 +425,11 @@ def photo_report(
     for key, by_value in report["per_group"].items():
         for value, g in by_value.items():
             report["flat"].update(
-                {f"val/{key}/{value}/{f}/auroc": a for f, a in g["auroc"].items() if not math.isnan(a)}
+                {
+                    f"val/{key}/{key_part(value)}/{f}/auroc": a
+                    for f, a in g["auroc"].items()
+                    if not math.isnan(a)
+                }
             )
     if gt is not None and run.detections is not None and gt.get("annotations"):
         m = detection_map(gt, run.detections)
@@ -432,7 +437,7 @@ def photo_report(
         report["flat"].update(m.flat(prefix="val"))
         report["map_by_group"] = group_map(gt, run.detections, run)
         for key, by_value in report["map_by_group"].items():
-            report["flat"].update({f"val/{key}/{v}/map50": g["map50"] for v, g in by_value.items()})
+            report["flat"].update({f"val/{key}/{key_part(v)}/map50": g["map50"] for v, g in by_value.items()})
         if run.supported_detections is not None:
             m = detection_map(gt, run.supported_detections)
             report["map_supported"] = {"map50": m.map50, "map50_95": m.map50_95, "per_family": m.per_family}
@@ -523,6 +528,12 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
 # whole-product shots against close-ups (a thread under a pixel, or several), and the product.
 # A field an imported dataset lacks is simply not reported.
 GROUP_KEYS = ("shot", "product")
+
+
+def key_part(value: str) -> str:
+    """A photo field's value as one part of an MLflow metric name: an imported dataset's product may
+    read "Men's tee (navy)" or hold a slash, which MLflow refuses or reads as a path."""
+    return re.sub(r"[^\w\-]", "_", value)
 
 
 def group_rows(run: PhotoRun) -> dict[str, dict[str, np.ndarray]]:
