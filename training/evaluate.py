@@ -380,11 +380,16 @@ def _coco_results(image_id: int, found: list, to_photo: float) -> list[dict]:
 
 def ground_truth(dataset, image_ids: list[int]) -> dict:
     """The dataset's COCO dict restricted to ``image_ids`` (for :func:`detection_map`)."""
+    return restricted(dataset.coco, image_ids)
+
+
+def restricted(coco: dict, image_ids) -> dict:
+    """A COCO dict's images and annotations of ``image_ids`` only, with all its categories."""
     ids = set(image_ids)
     return {
-        "images": [im for im in dataset.coco["images"] if im["id"] in ids],
-        "annotations": [a for a in dataset.coco.get("annotations", []) if a["image_id"] in ids],
-        "categories": dataset.coco.get("categories") or [],
+        "images": [im for im in coco["images"] if im["id"] in ids],
+        "annotations": [a for a in coco.get("annotations", []) if a["image_id"] in ids],
+        "categories": coco.get("categories") or [],
     }
 
 
@@ -580,11 +585,7 @@ def group_map(gt: dict, detections: list[dict], run: PhotoRun) -> dict[str, dict
         out[key] = {}
         for value, rows in by_value.items():
             ids = {run.image_ids[i] for i in np.flatnonzero(rows)}
-            sub_gt = {
-                **gt,
-                "images": [im for im in gt["images"] if im["id"] in ids],
-                "annotations": [a for a in gt.get("annotations", []) if a["image_id"] in ids],
-            }
+            sub_gt = restricted(gt, ids)
             if not sub_gt["annotations"]:
                 continue
             m = detection_map(sub_gt, [d for d in detections if d["image_id"] in ids])
@@ -603,11 +604,11 @@ def format_report(report: dict) -> str:
     lines.append(
         f"{'family':<10}{'pos':>5}{'neg':>5}{'AUROC':>8}{'AP':>8}{'thresh':>8}{'recall':>8}{'false-flag':>12}"
     )
+
+    def fmt(v: float) -> str:
+        return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
     for f, m in report["per_family"].items():
-
-        def fmt(v: float) -> str:
-            return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
         lines.append(
             f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{fmt(m['average_precision']):>8}"
             f"{m['threshold']:>8.3f}{fmt(m['recall']):>8}{fmt(m['false_flag_rate']):>12}"
@@ -639,8 +640,7 @@ def format_report(report: dict) -> str:
         lines.append(f"{'by ' + key:<22}{'photos':>7}{header}   (AUROC, photos with the defect)")
         for value, g in by_value.items():
             cells = "".join(
-                format(f"{'n/a' if math.isnan(a) else format(a, '.3f')} ({g['positives'][f]})", ">14")
-                for f, a in g["auroc"].items()
+                format(f"{fmt(a).strip()} ({g['positives'][f]})", ">14") for f, a in g["auroc"].items()
             )
             lines.append(f"  {value:<20}{g['photos']:>7}{cells}")
     for key, title in (("map", "detector"), ("map_supported", "boxes as triage scores them")):
