@@ -52,6 +52,14 @@ import cv2
 import numpy as np
 
 from datasets.synth.config import MILESTONES
+from training.compare import (
+    box_figures,
+    family_figures,
+    interval,
+    paired_bootstrap,
+    paired_box_bootstrap,
+    scored_columns,
+)
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "finetune"
 
@@ -172,96 +180,10 @@ def photo_scores(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[s
     return run.raw, run.labels, run.families
 
 
-def family_figures(
-    raw: np.ndarray, labels: np.ndarray, families: list[str], columns: list[int]
-) -> np.ndarray:
-    """AUROC and AP per family column (:func:`training.evaluate.family_metrics`): shape (2, len(columns))."""
-    from training.evaluate import family_metrics
-
-    per_family = family_metrics(raw, labels, 0.5, families)
-    return np.array(
-        [[getattr(per_family[families[i]], m) for i in columns] for m in ("auroc", "average_precision")]
-    )
-
-
-def paired_bootstrap(
-    arm: list[np.ndarray],
-    base: list[np.ndarray],
-    labels: np.ndarray,
-    families: list[str],
-    columns: list[int],
-    rounds: int,
-    seed: int = 0,
-) -> np.ndarray:
-    """(rounds, 2, families) AUROC and AP differences ``arm - base`` per family column on resampled
-    photos (their mean over families is the benchmark's headline).
-
-    ``arm`` and ``base`` hold one score array per training seed (one for a model that is not trained
-    here); each side's figure is its mean over seeds. Both are judged on the same resampled photos, so
-    the spread is that of the difference, not of each figure alone (which is what decides whether one
-    model beats another on this many photos).
-    """
-
-    def figures(runs: list[np.ndarray], pick: np.ndarray) -> np.ndarray:
-        return np.mean([family_figures(raw[pick], labels[pick], families, columns) for raw in runs], axis=0)
-
-    rng = np.random.default_rng(seed)
-    out = np.empty((rounds, 2, len(columns)))
-    for r in range(rounds):
-        pick = rng.integers(0, len(labels), len(labels))
-        out[r] = figures(arm, pick) - figures(base, pick)
-    return out
-
-
 def photo_boxes(model: str, data: Path) -> tuple[list[dict], dict]:
     """The detector ``model``'s boxes on ``data`` (COCO results in photo pixels) and its ground truth."""
     run, gt = run_model(model, data, "detector")
     return run.detections, gt
-
-
-def resampled(gt: dict, pick: np.ndarray) -> tuple[dict, dict[int, list[int]]]:
-    """``gt`` on the photo rows ``pick`` (repeats allowed: each copy is a photo of its own id), and
-    per original photo id the ids of its copies (:func:`box_figures` maps detections with them)."""
-    images = gt["images"]
-    copies: dict[int, list[int]] = {}
-    for n, row in enumerate(pick):
-        copies.setdefault(images[row]["id"], []).append(n + 1)
-    anns = [(a, i) for a in gt["annotations"] for i in copies.get(a["image_id"], [])]
-    return {
-        "images": [{**images[row], "id": n + 1} for n, row in enumerate(pick)],
-        "annotations": [{**a, "id": k + 1, "image_id": i} for k, (a, i) in enumerate(anns)],
-        "categories": gt["categories"],
-    }, copies
-
-
-def box_figures(
-    gt: dict, detections: list[dict], families: list[str], copies: dict[int, list[int]] | None = None
-) -> np.ndarray:
-    """mAP@0.5 overall and per family (pycocotools, :func:`training.evaluate.detection_map`): shape
-    (1 + len(families),). With ``copies`` (from :func:`resampled`) ``gt`` is a resampled one and each
-    detection goes to every copy of its photo."""
-    from training.evaluate import detection_map
-
-    if copies is not None:
-        detections = [{**d, "image_id": i} for d in detections for i in copies.get(d["image_id"], [])]
-    m = detection_map(gt, detections)
-    return np.array([m.map50] + [m.per_family.get(f, {}).get("map50", math.nan) for f in families])
-
-
-def paired_box_bootstrap(
-    arm: list[list[dict]], base: list[list[dict]], gt: dict, families: list[str], rounds: int, seed: int = 0
-) -> np.ndarray:
-    """(rounds, 1 + families) mAP@0.5 differences ``arm - base`` on resampled photos, each side the
-    mean over its seeds' boxes (as :func:`paired_bootstrap` does for the classifier)."""
-    rng = np.random.default_rng(seed)
-    out = np.empty((rounds, 1 + len(families)))
-    for r in range(rounds):
-        gt_r, copies = resampled(gt, rng.integers(0, len(gt["images"]), len(gt["images"])))
-        figures = [
-            np.mean([box_figures(gt_r, d, families, copies) for d in side], axis=0) for side in (arm, base)
-        ]
-        out[r] = figures[0] - figures[1]
-    return out
 
 
 def train(
@@ -350,13 +272,6 @@ def main() -> None:
         report_photos(arms, buyer_test, args, results_file)
 
 
-def interval(diffs: np.ndarray, point: float) -> tuple[dict, str]:
-    """A difference and its 95 % bootstrap interval: "better" only when the whole interval is above 0."""
-    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "no clear difference"
-    return {"diff": point, "low": lo, "high": hi}, f"{point:+.3f}  [{lo:+.3f}, {hi:+.3f}]  {verdict}"
-
-
 def report_boxes(arms: dict[str, list[str]], buyer_test: Path, args, results_file: Path) -> None:
     """The detector arms' mAP@0.5 on the held-out photos and the fine-tune's paired differences."""
     from datasets.taxonomy import FAMILIES
@@ -388,8 +303,9 @@ def report_boxes(arms: dict[str, list[str]], buyer_test: Path, args, results_fil
         for j, name in enumerate(["all", *families]):
             if name != "all" and not counts[name]:  # no defect box of it (the station look has no labels)
                 continue
-            differences[f"vs_{base}_{name}_map50"], line = interval(diffs[:, j], gap[j])
-            print(f"  vs {base:<8} {name:<10} {line}")
+            d = interval(diffs[:, j], gap[j])
+            differences[f"vs_{base}_{name}_map50"] = d.as_dict()
+            print(f"  vs {base:<8} {name:<10} {d}")
     results = {name: dict(zip(["all", *families], map(float, f), strict=True)) for name, f in figures.items()}
     results_file.write_text(json.dumps({"map50": results, "differences": differences}, indent=2))
 
@@ -398,7 +314,7 @@ def report_photos(arms: dict[str, list[str]], buyer_test: Path, args, results_fi
     """The classifier arms' photo AUROC and AP on the held-out photos and the fine-tune's differences."""
     scored = {name: [photo_scores(ref, buyer_test) for ref in refs] for name, refs in arms.items()}
     _, labels, families = scored["default"][0]
-    columns = [i for i in range(len(families)) if 0 < labels[:, i].sum() < len(labels)]
+    columns = scored_columns(labels)
     raws = {name: [raw for raw, *_ in runs] for name, runs in scored.items()}
     per_seed = {
         name: [family_figures(raw, labels, families, columns) for raw in runs] for name, runs in raws.items()
@@ -426,11 +342,13 @@ def report_photos(arms: dict[str, list[str]], buyer_test: Path, args, results_fi
         gap = figures["fine-tune"] - figures[base]
         for k, metric in enumerate(("auroc", "ap")):
             mean_diffs = np.nanmean(diffs[:, k], axis=1)
-            summary[f"vs_{base}_{metric}"], line = interval(mean_diffs, np.nanmean(gap[k]))
-            print(f"  vs {base:<8} {metric:<6} {line}")
+            d = interval(mean_diffs, np.nanmean(gap[k]))
+            summary[f"vs_{base}_{metric}"] = d.as_dict()
+            print(f"  vs {base:<8} {metric:<6} {d}")
         for j, i in enumerate(columns):  # a family can gain while the mean hides it
-            per_family[f"vs_{base}_{families[i]}_auroc"], line = interval(diffs[:, 0, j], gap[0, j])
-            print(f"    {families[i]:<10} auroc {line}")
+            d = interval(diffs[:, 0, j], gap[0, j])
+            per_family[f"vs_{base}_{families[i]}_auroc"] = d.as_dict()
+            print(f"    {families[i]:<10} auroc {d}")
     results = {
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}
         for name, f in figures.items()

@@ -56,6 +56,19 @@ def test_family_metrics_match_hand_computed_values():
     assert lb.auroc == 1.0 and lb.average_precision == 1.0 and lb.recall == 1.0 and lb.false_flag_rate == 0.0
 
 
+def test_the_report_gives_each_rankable_familys_auroc_with_its_interval():
+    scores, labels = _case()
+    report = photo_report(PhotoRun(list(FAMS), list(range(6)), scores, labels), {}, {})
+    intervals = report["auroc_interval"]
+    assert set(intervals) == {"stitching", "label"}  # logo has no defect photo to rank
+    low, high = intervals["stitching"]
+    assert low < 7 / 9 < high and low >= 0.0 and high == 1.0  # six photos: a wide interval
+    assert intervals["label"] == (1.0, 1.0)  # perfectly separated in every resample
+    assert report["flat"]["val/stitching/auroc_low"] == low and "val/logo/auroc_low" not in report["flat"]
+    stitching_row = [line for line in format_report(report).splitlines() if line.startswith("stitching")]
+    assert stitching_row[0].split()[3:5] == ["0.778", f"{low:.3f}-{high:.3f}"]
+
+
 def test_flat_metrics_drop_nans_and_average_defined_families():
     scores, labels = _case()
     flat = flat_metrics(family_metrics(scores, labels, 0.5, FAMS))

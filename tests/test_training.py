@@ -349,6 +349,7 @@ def test_detector_run_resume_and_validate(po, data_dir):
     bundle = load_bundle(resumed.bundle_dir)
     assert bundle.task == "detector" and len(bundle.subtypes) == 16
     assert "Platt scaling on the best box's score" in bundle.card and "classifier's thresholds" in bundle.card
+    assert "| AUROC (95 %) |" in bundle.card
     assert 0.0 <= bundle.metrics["val/map50"] <= 1.0 and "stitching" in bundle.metrics["map"]["per_family"]
 
     reports = validate(str(resumed.bundle_dir), po, track=False, log=lambda m: None)
@@ -362,15 +363,30 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert sum(g["boxes"] for g in by_shot.values()) == len(annotations)
     assert all(0.0 <= g["map50"] <= 1.0 for g in by_shot.values())
 
-    # With a classifier, the detector's boxes are also scored as triage scores them.
-    both = validate("default", po, detector_ref=str(resumed.bundle_dir), track=False, log=lambda m: None)
+    # With a classifier, the detector's boxes are also scored as triage scores them; judged against
+    # the shipped detector on the same photos, each figure comes with its paired-bootstrap interval.
+    both = validate(
+        "default", po, detector_ref=str(resumed.bundle_dir), against_detector="default", track=False,
+        log=lambda m: None,
+    )  # fmt: skip
     report = both[bundle.ref]
     assert report["map"] == reports[bundle.ref]["map"]  # the detector's own mAP does not change
+    against = report["against"]
+    assert against["ref"].startswith("loupe-detector@") and against["photos"] == 12
+    everything = against["map50"]["all"]
+    assert everything["model"] == pytest.approx(report["map"]["map50"])
+    # two epochs on 12 photos box less than the shipped detector does
+    assert everything["baseline"] > everything["model"] and everything["low"] <= everything["diff"]
+    assert report["flat"]["val/against/all/map50_diff"] == everything["diff"]
+    assert f"against {against['ref']} on the same 12 photos" in format_report(report)
+    (classifier_report,) = [r for name, r in both.items() if name != bundle.ref]
+    assert "against" not in classifier_report  # no --against: the classifier is judged alone
+    with pytest.raises(ValueError, match="compare a classifier with --against"):
+        validate(str(resumed.bundle_dir), po, against="default", track=False, log=lambda m: None)
     assert 0.0 <= report["map_supported"]["map50"] <= 1.0
     assert report["flat"]["val/supported/map50"] == report["map_supported"]["map50"]
     assert "boxes as triage scores them" in format_report(report)
     assert "best box per family" in format_report(report)
-    (classifier_report,) = [r for name, r in both.items() if name != bundle.ref]
     assert "best box" not in format_report(classifier_report)
     # The breakdown by framing reads each photo's shot from the PO's annotations.
     shots = Counter(im["shot"] for im in json.loads((po / "annotations.json").read_text())["images"])

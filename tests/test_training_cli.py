@@ -51,3 +51,12 @@ def test_val_calibrate_and_export_with_unknown_model_ref_say_what_refs_work(runn
     )
     assert out.exit_code == 2 and "'no/such/bundle' not found" in out.output
     assert not (tmp_path / "cal").exists()
+
+
+def test_val_against_a_detector_without_a_detector_to_judge_names_the_flag(runner, tmp_path):
+    (tmp_path / "ds").mkdir()
+    out = runner.invoke(
+        app,
+        ["val", "--model", "default", "--against-detector", "default", "--data", str(tmp_path / "ds")],
+    )
+    assert out.exit_code == 2 and "give the one to judge with --detector" in out.output

@@ -127,16 +127,22 @@ def _level_lines(bundle: Any, cfg: dict) -> list[str]:
 
 
 def validation_table(bundle: Any, report: dict) -> list[str]:
-    """Markdown lines: per family the photo counts, AUROC, AP, shipped thresholds, recall and false
-    flags (the report's cross-fitted figures), the photo-level shares, and a detector's mAP."""
+    """Markdown lines: per family the photo counts, AUROC (with its 95 % bootstrap interval over the
+    photos), AP, shipped thresholds, recall and false flags (the report's cross-fitted figures), the
+    photo-level shares, and a detector's mAP."""
     lines = [
-        "| family | defect photos | good photos | AUROC | AP | flag | review | recall | false-flag rate |",
+        "| family | defect photos | good photos | AUROC (95 %) | AP | flag | review | recall "
+        "| false-flag rate |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    intervals = report.get("auroc_interval") or {}
     for family, m in report["per_family"].items():
         t = bundle.thresholds.get(family, {})
+        auroc = _fmt(m["auroc"])
+        if family in intervals:
+            auroc += " ({}-{})".format(*map(_fmt, intervals[family]))
         lines.append(
-            f"| {family} | {m['n_positive']} | {m['n_negative']} | {_fmt(m['auroc'])} | "
+            f"| {family} | {m['n_positive']} | {m['n_negative']} | {auroc} | "
             f"{_fmt(m['average_precision'])} | {_fmt(t.get('flag'))} | {_fmt(t.get('review'))} | "
             f"{_fmt(m['recall'])} | {_fmt(m['false_flag_rate'])} |"
         )

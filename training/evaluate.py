@@ -401,8 +401,10 @@ def photo_report(
     cross_fit: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
 ) -> dict:
     """Metrics of a photo run at the bundle's calibration and "flag" thresholds (+ mAP for a detector);
-    with ``cross_fit`` (from :func:`cross_fitted`) at those out-of-fold probabilities and thresholds."""
+    with ``cross_fit`` (from :func:`cross_fitted`) at those out-of-fold probabilities and thresholds.
+    Each family's AUROC comes with its 95 % bootstrap interval over the photos (``auroc_interval``)."""
     from models.photo import calibrate_scores
+    from training.compare import auroc_intervals
 
     if cross_fit is not None:
         probs, flag = cross_fit
@@ -415,9 +417,11 @@ def photo_report(
         f: thresholds.get(f, {}).get("review", flag[f]) for f in run.families
     }  # fmt: skip
     outcome = triage_outcome(probs, run.labels, flag, run.families, review)
+    intervals = auroc_intervals(probs, run.labels, run.families)
     report = {
         "photos": len(run.image_ids),
         "per_family": {f: m.as_dict() for f, m in per_family.items()},
+        "auroc_interval": intervals,
         "per_subtype": subtype_recall(probs, run, flag),
         "per_group": group_auroc(probs, run),
         "confusion": confusion_by_family(probs, run.labels, flag, run.families),
@@ -425,6 +429,11 @@ def photo_report(
         "flat": {
             **flat_metrics(per_family, prefix="val"),
             **{f"val/triage/{k}": v for k, v in outcome.items() if isinstance(v, float)},
+            **{
+                f"val/{f}/auroc_{end}": v
+                for f, iv in intervals.items()
+                for end, v in zip(("low", "high"), iv, strict=True)
+            },
         },
     }
     for key, by_value in report["per_group"].items():
@@ -602,16 +611,20 @@ def format_report(report: dict) -> str:
             "a detector's photo score is its best box per family; triage's verdicts come from the classifier"
         )
     lines.append(
-        f"{'family':<10}{'pos':>5}{'neg':>5}{'AUROC':>8}{'AP':>8}{'thresh':>8}{'recall':>8}{'false-flag':>12}"
+        f"{'family':<10}{'pos':>5}{'neg':>5}{'AUROC':>8}{'(95 %)':>14}{'AP':>8}{'thresh':>8}{'recall':>8}"
+        f"{'false-flag':>12}"
     )
 
     def fmt(v: float) -> str:
         return "   n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
+    intervals = report.get("auroc_interval") or {}
     for f, m in report["per_family"].items():
+        iv = f"{intervals[f][0]:.3f}-{intervals[f][1]:.3f}" if f in intervals else ""
         lines.append(
-            f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{fmt(m['average_precision']):>8}"
-            f"{m['threshold']:>8.3f}{fmt(m['recall']):>8}{fmt(m['false_flag_rate']):>12}"
+            f"{f:<10}{m['n_positive']:>5}{m['n_negative']:>5}{fmt(m['auroc']):>8}{iv:>14}"
+            f"{fmt(m['average_precision']):>8}{m['threshold']:>8.3f}{fmt(m['recall']):>8}"
+            f"{fmt(m['false_flag_rate']):>12}"
         )
     if report.get("triage"):
         t = report["triage"]
@@ -659,4 +672,24 @@ def format_report(report: dict) -> str:
                         f"    {value:<18} mAP@0.5 {g['map50']:.3f}   mAP@[.5:.95] {g['map50_95']:.3f}"
                         f"   ({g['boxes']} defect boxes)"
                     )
+    if "against" in report:
+        lines.extend(format_against(report["against"]))
     return "\n".join(lines)
+
+
+def format_against(against: dict) -> list[str]:
+    """The lines of a comparison with a baseline (:func:`training.validate.validate`'s ``against``)."""
+    lines = [
+        f"against {against['ref']} on the same {against['photos']} photos (model - baseline; 95 % interval, "
+        f"paired bootstrap over photos, {against['rounds']} rounds for AUROC and AP"
+        + (f", {against['map_rounds']} for mAP)" if "map50" in against else ")")
+    ]
+    titles = {"auroc": "AUROC", "average_precision": "AP", "map50": "mAP@0.5"}
+    for metric, title in titles.items():
+        for family, d in (against.get(metric) or {}).items():
+            name = f"{title} {family}"
+            lines.append(
+                f"  {name:<26}{d['model']:.3f} vs {d['baseline']:.3f}   "
+                f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]  {d['verdict']}"
+            )
+    return lines

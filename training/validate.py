@@ -24,21 +24,33 @@ def validate(
     track: bool = True,
     threads: int = 2,
     log=print,
+    against: str | None = None,
+    against_detector: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Per-family metrics (and mAP for a detector) of each model on ``data``; ``{bundle ref: report}``.
 
     With both models the detector's report also has ``map_supported``: mAP of its boxes as triage
     scores them, tempered by the classifier (:func:`models.photo.supported_detections`).
+    ``against`` (a classifier) and ``against_detector`` are baselines run on the same photos: the
+    report of the model judged against one also has ``against``, each figure's difference with its
+    95 % paired-bootstrap interval (:mod:`training.compare`), which says whether a fine-tune beats
+    the model it started from on these photos.
     """
     from models.predictor import load_predictor
     from training.evaluate import ground_truth, photo_report, run_on_photos
 
     refs = [(model_ref, "classifier")] + ([(detector_ref, "detector")] if detector_ref else [])
-    folders = [_resolve(ref, task) for ref, task in refs]  # a bad ref fails before the dataset is hashed
+    if against_detector and not detector_ref:
+        raise ValueError("--against-detector compares two detectors: give the one to judge with --detector")
+    baselines = {"classifier": against, "detector": against_detector}
+    # a bad ref fails before the dataset is hashed
+    folders = [_resolve(ref, task) for ref, task in refs]
+    base_folders = {task: _resolve(ref, task) for task, ref in baselines.items() if ref}
+    _check_baselines(dict(zip((task for _, task in refs), folders, strict=True)), base_folders)
     dataset, ids, data_version = _photos(data, split)
     reports: dict[str, dict[str, Any]] = {}
     classifier_run = None
-    for (ref, _), folder in zip(refs, folders, strict=True):
+    for (ref, task), folder in zip(refs, folders, strict=True):
         predictor = load_predictor(folder, backend="torch", device="auto", threads=threads)
         bundle = predictor.bundle
         log(f"evaluating {bundle.ref} ({bundle.task}) on {len(ids)} photos of {data}")
@@ -49,10 +61,51 @@ def validate(
             classifier_run = run
         gt = ground_truth(dataset, ids) if bundle.task == "detector" else None
         report = photo_report(run, bundle.calibration, bundle.thresholds, gt)
+        if task in base_folders:
+            base = load_predictor(base_folders[task], backend="torch", device="auto", threads=threads)
+            log(f"evaluating the baseline {base.bundle.ref} ({task}) on the same photos")
+            base_run = run_on_photos(dataset, ids, base, base.bundle.prep, log=log, n_panels=0)
+            report["against"] = _against(run, base_run, base.bundle.ref, gt)
+            report["flat"].update(_against_flat(report["against"]))
         reports[bundle.ref] = report
         if track:
-            _log_val(bundle, ref, data, data_version, split, report, run)
+            _log_val(bundle, ref, data, data_version, split, report, run, against=baselines[task])
     return reports
+
+
+def _check_baselines(folders: dict[str, Path], base_folders: dict[str, Path]) -> None:
+    """A baseline judges a model of its own kind: a detector's boxes against a classifier mean nothing."""
+    from models.bundle import load_bundle
+
+    for role, base_folder in base_folders.items():
+        model, base = load_bundle(folders[role]), load_bundle(base_folder)
+        if model.task != base.task or model.families != base.families:
+            raise ValueError(
+                f"the baseline {base.ref} is a {base.task} of {base.families}, the model {model.ref} a "
+                f"{model.task} of {model.families}: compare a classifier with --against and a detector "
+                "with --against-detector"
+            )
+
+
+def _against(run, base_run, base_ref: str, gt: dict | None) -> dict[str, Any]:
+    """A model's run against a baseline's on the same photos (:mod:`training.compare`)."""
+    from training.compare import compare_boxes, compare_photo_scores
+
+    out = {"ref": base_ref, **compare_photo_scores(run.raw, base_run.raw, run.labels, run.families)}
+    if gt is not None and gt.get("annotations"):
+        boxes = compare_boxes(run.detections, base_run.detections, gt, run.families)
+        out |= {"map50": boxes["map50"], "map_rounds": boxes["rounds"]}
+    return out
+
+
+def _against_flat(against: dict[str, Any]) -> dict[str, float]:
+    """``val/against/stitching/auroc_diff`` (and ``_low``, ``_high``) for MLflow."""
+    flat = {}
+    for metric in ("auroc", "average_precision", "map50"):
+        for family, d in (against.get(metric) or {}).items():
+            for key in ("diff", "low", "high"):
+                flat[f"val/against/{family}/{metric}_{key}"] = float(d[key])
+    return flat
 
 
 def _photos(data: str | Path, split: str | None) -> tuple[Any, list[int], str]:
@@ -157,7 +210,16 @@ def recalibrate(
     return out
 
 
-def _log_val(bundle, ref: str, data, data_version: str, split: str | None, report: dict, run) -> None:
+def _log_val(
+    bundle,
+    ref: str,
+    data,
+    data_version: str,
+    split: str | None,
+    report: dict,
+    run,
+    against: str | None = None,
+) -> None:
     from training import tracking
     from training.engine import _jsonable
 
@@ -168,6 +230,8 @@ def _log_val(bundle, ref: str, data, data_version: str, split: str | None, repor
         "data": str(data),
         "split": split or "all",
     }
+    if against:
+        config["against"] = against
     with tracking.tracked_run(
         "loupe-val", f"val-{bundle.name}", config, data_version=data_version, tags={"loupe.task": "val"}
     ):

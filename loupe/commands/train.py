@@ -156,9 +156,22 @@ def val(
     data: Path = typer.Option(..., "--data", help="dataset to evaluate on (all of its photos)"),
     detector: str | None = typer.Option(None, "--detector", help="detector ref, for mAP as well"),
     split: str | None = typer.Option(None, "--split", help="only this manifest split (train/val/test)"),
+    against: str | None = typer.Option(
+        None,
+        "--against",
+        help="a baseline classifier (e.g. 'default') run on the same photos: each figure's difference "
+        "with a 95 % paired-bootstrap interval",
+    ),
+    against_detector: str | None = typer.Option(
+        None, "--against-detector", help="a baseline detector, likewise for mAP@0.5 (needs --detector)"
+    ),
     no_track: bool = typer.Option(False, "--no-track", help="do not log the evaluation to MLflow"),
 ) -> None:
-    """Evaluate models on a dataset: per-family AUROC, AP, recall, false-flag rate (and detector mAP)."""
+    """Evaluate models on a dataset: per-family AUROC, AP, recall, false-flag rate (and detector mAP).
+
+    Example, a fine-tune judged against the default on held-out photos of the buyer's own:
+    loupe val --model models:/loupe-classifier/7 --against default --data buyer-test/
+    """
     _passive_omp_threads()
     from models.errors import ModelFileError
     from models.refs import ModelRefError
@@ -167,8 +180,9 @@ def val(
 
     try:
         reports = validate(
-            model, data, detector_ref=detector, split=split, track=not no_track, log=typer.echo
-        )
+            model, data, detector_ref=detector, split=split, track=not no_track, log=typer.echo,
+            against=against, against_detector=against_detector,
+        )  # fmt: skip
     except (ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
         _fail(exc)
     for name, report in reports.items():
