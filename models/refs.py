@@ -17,7 +17,7 @@ REGISTERED_NAMES = {"classifier": "loupe-classifier", "detector": "loupe-detecto
 # A bundle folder is recognised by its manifest file (written by models.bundle.save_bundle).
 BUNDLE_MARKERS = ("bundle.json", "bundle.yaml", "bundle.yml")
 
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
 class ModelRefError(ValueError):
@@ -80,7 +80,7 @@ def resolve_model_ref(ref: str, task: str) -> Path:
 
 
 def _resolve_registered(ref: str, task: str) -> Path:
-    match = _MODELS_URI.match(ref)
+    match = MODELS_URI.match(ref)
     if not match:
         raise ModelRefError(
             f"model ref {ref!r} is not a registry URI: write 'models:/<name>@<alias>' or "

@@ -60,3 +60,33 @@ def test_val_against_a_detector_without_a_detector_to_judge_names_the_flag(runne
         ["val", "--model", "default", "--against-detector", "default", "--data", str(tmp_path / "ds")],
     )
     assert out.exit_code == 2 and "give the one to judge with --detector" in out.output
+
+
+def test_champion_registers_a_folder_and_moves_the_alias_between_versions(runner, tmp_path):
+    import mlflow
+
+    from models.refs import DEFAULT_DIR, default_tracking_uri, resolve_model_ref
+
+    shipped = str(DEFAULT_DIR / "classifier")
+    first = runner.invoke(app, ["champion", shipped])
+    assert first.exit_code == 0, first.output
+    assert "loupe-classifier version 1 is @champion" in first.output.splitlines()
+    second = runner.invoke(app, ["champion", shipped])
+    assert "loupe-classifier version 2 is @champion (was version 1)" in second.output.splitlines()
+    back = runner.invoke(app, ["champion", "models:/loupe-classifier/1"])
+    assert back.output.splitlines() == ["loupe-classifier version 1 is @champion (was version 2)"]
+    client = mlflow.MlflowClient(default_tracking_uri())
+    assert str(client.get_model_version_by_alias("loupe-classifier", "champion").version) == "1"
+    # what triage's `classifier: models:/loupe-classifier@champion` loads is that version's bundle
+    folder = resolve_model_ref("models:/loupe-classifier@champion", "classifier")
+    assert folder.relative_to(tmp_path / "data" / "model-cache").parts[:2] == ("loupe-classifier", "1")
+    assert (folder / "bundle.json").read_bytes() == (DEFAULT_DIR / "classifier" / "bundle.json").read_bytes()
+
+
+def test_champion_of_the_wrong_kind_or_a_missing_version_names_the_fix(runner):
+    from models.refs import DEFAULT_DIR
+
+    out = runner.invoke(app, ["champion", str(DEFAULT_DIR / "detector")])
+    assert out.exit_code == 2 and "is a detector, not a classifier: pass --task detector" in out.output
+    out = runner.invoke(app, ["champion", "models:/loupe-classifier/9"])
+    assert out.exit_code == 2 and "not found in the MLflow registry" in out.output

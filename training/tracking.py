@@ -279,3 +279,48 @@ def log_bundle(
         if champion:
             mlflow.MlflowClient().set_registered_model_alias(name, CHAMPION, version)
     return {"model_uri": info.model_uri, "registered_name": name, "version": version}
+
+
+def make_champion(ref: str, task: str) -> dict[str, str | None]:
+    """Point the registry's ``champion`` alias at ``ref``: a registered version (``models:/name/N``)
+    or a bundle folder, which is logged and registered first. ``{"name", "version", "previous"}``.
+
+    Why: a fine-tune is judged on held-out photos (``loupe val --against``) after training, so the
+    alias is set then, not only by ``loupe train --champion``.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from models.bundle import load_bundle
+    from models.refs import MODELS_URI, ModelRefError, resolve_model_ref
+
+    folder = resolve_model_ref(ref, task)  # names the fix for a ref that is not there
+    bundle = load_bundle(folder)
+    if bundle.task != task:
+        raise ModelRefError(f"model ref {ref!r} is a {bundle.task}, not a {task}: pass --task {bundle.task}")
+    name = REGISTERED_NAMES[task]
+    uri = tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        previous = client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:  # no model or no champion yet
+        previous = None
+    match = MODELS_URI.match(str(ref).strip())
+    if match and match["name"] != name:
+        raise ModelRefError(f"model ref {ref!r} is not a version of {name}: the {task} champion is one")
+    if match and match["version"]:
+        version = match["version"]
+        client.set_registered_model_alias(name, CHAMPION, version)
+    elif match:  # models:/name@alias: the version that alias points at
+        version = client.get_model_version_by_alias(name, match["alias"]).version
+        client.set_registered_model_alias(name, CHAMPION, version)
+    else:
+        with tracked_run(
+            f"loupe-{task}", f"register-{bundle.name}", {"bundle": bundle.ref, "folder": str(folder)},
+            tags={"loupe.task": "register"},
+        ):  # fmt: skip
+            logged = log_bundle(
+                folder, task, bundle.prep["input_size"], len(bundle.families), register=True, champion=True
+            )
+        version = logged["version"]
+    return {"name": name, "version": str(version), "previous": previous}

@@ -241,6 +241,28 @@ def calibrate(
     typer.echo(str(folder))
 
 
+@app.command("champion")
+def champion(
+    model: str = typer.Argument(..., help="models:/loupe-classifier/N, or a bundle folder to register"),
+    task: str = typer.Option("classifier", "--task", help="classifier or detector"),
+) -> None:
+    """Make a model the registry's champion (what models:/loupe-classifier@champion, triage's setting,
+    loads); a bundle folder is registered first. Judge it first: loupe val --against.
+
+    Example: loupe champion models:/loupe-classifier/7
+    """
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.tracking import make_champion
+
+    try:
+        done = make_champion(model, task)
+    except (ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    was = f" (was version {done['previous']})" if done["previous"] else ""
+    typer.echo(f"{done['name']} version {done['version']} is @champion{was}")
+
+
 @app.command("export")
 def export(
     model: str = typer.Option(..., "--model", help="'default', a bundle folder or models:/name@alias"),
