@@ -10,6 +10,8 @@ per photo; the machine may be shared, so run it when nothing else is.
 
 The detector is also timed reading every tile once (the baseline), with the photo mirrored too
 (``detector.mirror``) everywhere and only near the plain view's peaks (``detector.mirror_found_only``),
+with views at 0.8 and 1.25 of the working scale as well (``detector.scales``) everywhere and near
+the plain view's peaks (``detector.scales_found_only``),
 and that only on the tiles the classifier points at (``detector.guide_threshold`` 0.1; off in the
 shipped detector).
 
@@ -87,8 +89,9 @@ def main() -> None:
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
     # How the detector reads a photo, against reading every tile once: the mirrored view everywhere
-    # (detector.mirror) or only near the plain view's peaks (mirror_found_only), and that on the tiles
-    # the classifier points at (guide_threshold 0.1, the setting tried in configs/train_detector.yaml).
+    # (detector.mirror) or only near the plain view's peaks (mirror_found_only), that on the tiles the
+    # classifier points at (guide_threshold 0.1, the setting tried in configs/train_detector.yaml), and
+    # with the photo read at 0.8 and 1.25 of the working scale as well (detector.scales).
     shipped = load_bundle(refs["detector"])  # its settings only: no network loaded twice
     decoding = shipped.config.get("detector") or {}
 
@@ -96,14 +99,30 @@ def main() -> None:
         return shipped.model_copy(update={"config": {**shipped.config, "detector": {**decoding, **change}}})
 
     arms = {
-        "one view": variant(mirror=False, guide_threshold=0.0),
-        "mirrored everywhere": variant(mirror=True, mirror_found_only=False, guide_threshold=0.0),
-        "mirrored near peaks": variant(mirror=True, mirror_found_only=True, guide_threshold=0.0),
-        "near peaks, guided at 0.1": variant(mirror=True, mirror_found_only=True, guide_threshold=0.1),
+        "one view": variant(mirror=False, guide_threshold=0.0, scales=[]),
+        "mirrored everywhere": variant(mirror=True, mirror_found_only=False, guide_threshold=0.0, scales=[]),
+        "mirrored near peaks": variant(mirror=True, mirror_found_only=True, guide_threshold=0.0, scales=[]),
+        "near peaks, at 0.8 and 1.25 everywhere": variant(
+            mirror=True,
+            mirror_found_only=True,
+            guide_threshold=0.0,
+            scales=[0.8, 1.25],
+            scales_found_only=False,
+        ),
+        "near peaks, guided at 0.1": variant(
+            mirror=True, mirror_found_only=True, guide_threshold=0.1, scales=[]
+        ),
+        "near peaks, at 0.8 and 1.25 near peaks": variant(
+            mirror=True,
+            mirror_found_only=True,
+            guide_threshold=0.0,
+            scales=[0.8, 1.25],
+            scales_found_only=True,
+        ),
     }
     classifier = load_predictor(refs["classifier"], "onnx", "cpu", 1)
     guides = [score_photo(w, classifier, prep) for w in works]
-    print(f"\n{'detector (ONNX Runtime)':<28}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
+    print(f"\n{'detector (ONNX Runtime)':<40}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
     for threads in args.threads:
         predictor = load_predictor(refs["detector"], "onnx", "cpu", threads)
         per_arm = {}
@@ -118,7 +137,7 @@ def main() -> None:
                 timed(read, w, g)[1] for w, g in zip(works, guides, strict=True)
             )
         for name, ms in per_arm.items():
-            print(f"{name:<28}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
+            print(f"{name:<40}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
     if args.memory:
         print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
         for threads in args.threads:

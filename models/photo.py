@@ -207,6 +207,8 @@ def detect_photo(
     home_level_only: bool | None = None,
     mirror: bool | None = None,
     mirror_found_only: bool | None = None,
+    scales: list[float] | None = None,
+    scales_found_only: bool | None = None,
 ) -> list[Detection]:
     """Box defects on a working-scale photo: detect per tile, merge back to photo (working) pixels.
 
@@ -219,7 +221,9 @@ def detect_photo(
     peaks down to ``LEAD_SHARE`` of the score threshold, at their pyramid level: the second view
     then costs a fraction of the first, and on four POs its boxes scored the same mAP as reading it
     everywhere (configs/train_detector.yaml). With ``tiles`` and without ``mirror_found_only`` there
-    is no mirrored view: the mirrored photo's grid is not the plain one's.
+    is no mirrored view: the mirrored photo's grid is not the plain one's. ``scales``: the photo is
+    also read resized by each factor, on every tile, and each such view's boxes fused in turn (not
+    with ``tiles``, whose grid is the plain photo's).
     """
     prep = as_prep(prep)
     saved = _saved_decoding(detector_predictor)
@@ -237,17 +241,40 @@ def detect_photo(
     if mirror_found_only is None:
         mirror_found_only = saved.get("mirror_found_only", False)
     mirror = mirror and (tiles is None or mirror_found_only)
-    lead = settings["score_threshold"] * LEAD_SHARE if mirror and mirror_found_only else None
+    # given tiles are the plain photo's grid, which a resized photo does not share
+    factors = () if tiles is not None else saved.get("scales", []) if scales is None else scales
+    if scales_found_only is None:
+        scales_found_only = saved.get("scales_found_only", False)
+    led = (mirror and mirror_found_only) or (factors and scales_found_only)
+    lead = settings["score_threshold"] * LEAD_SHARE if led else None
     found, leads = _detect_view(rgb_work, detector_predictor, prep, tiles, **settings, lead_threshold=lead)
-    if not mirror:
-        return found
-    w = rgb_work.shape[1]
-    over = leads[:, [2, 1, 0, 3, 4]] * [-1, 1, -1, 1, 1] + [w, 0, w, 0, 0] if mirror_found_only else None
-    mirrored, _ = _detect_view(
-        np.ascontiguousarray(rgb_work[:, ::-1]), detector_predictor, prep, None, **settings, over=over
-    )
-    back = [((w - b[2], b[1], w - b[0], b[3]), score, family, sub) for b, score, family, sub in mirrored]
-    return fuse_views(found, back)
+    if mirror:
+        w = rgb_work.shape[1]
+        over = leads[:, [2, 1, 0, 3, 4]] * [-1, 1, -1, 1, 1] + [w, 0, w, 0, 0] if mirror_found_only else None
+        mirrored, _ = _detect_view(
+            np.ascontiguousarray(rgb_work[:, ::-1]), detector_predictor, prep, None, **settings, over=over
+        )
+        back = [((w - b[2], b[1], w - b[0], b[3]), score, family, sub) for b, score, family, sub in mirrored]
+        found = fuse_views(found, back)
+    for factor in factors:
+        over = leads * [factor, factor, factor, factor, 1.0] if scales_found_only else None
+        found = fuse_views(found, _scaled_view(rgb_work, detector_predictor, prep, factor, settings, over))
+    return found
+
+
+def _scaled_view(
+    rgb_work: np.ndarray, detector_predictor: Any, prep: Any, factor: float, settings: dict, over=None
+) -> list[Detection]:
+    """The boxes of the photo read resized by ``factor``, in the photo's working pixels; with ``over``
+    (leads in the resized photo's pixels) only on the tiles over them."""
+    import cv2
+
+    h, w = rgb_work.shape[:2]
+    size = (max(1, round(w * factor)), max(1, round(h * factor)))
+    resized = cv2.resize(rgb_work, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    fx, fy = size[0] / w, size[1] / h
+    boxes, _ = _detect_view(resized, detector_predictor, prep, None, **settings, over=over)
+    return [((b[0] / fx, b[1] / fy, b[2] / fx, b[3] / fy), score, f, sub) for b, score, f, sub in boxes]
 
 
 # With mirror_found_only, the plain view's peaks down to this share of the score threshold lead the

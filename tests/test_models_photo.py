@@ -215,6 +215,33 @@ def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
     assert fused[1] == pytest.approx(0.6) and fused[2] == "stitching"
 
 
+def test_a_view_at_another_scale_is_read_too_and_its_boxes_mapped_back_and_fused():
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255
+    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    detector = BrightPatch()
+    detector.bundle = SimpleNamespace(config={"detector": {"score_threshold": 0.1, "scales": [0.5]}})
+    plain = detect_photo(work, detector, prep, scales=[])
+    assert [(d[0], round(d[1], 6)) for d in plain] == [((204.0, 100.0, 284.0, 140.0), 0.8)]
+    # At half scale the patch is at x 100-140 and boxed 4 px right, 8 working px once mapped back;
+    # the two boxes (IoU 0.9) fuse at equal weights.
+    (fused,) = detect_photo(work, detector, prep)  # the bundle asks for the half-scale view
+    np.testing.assert_allclose(fused[0], [206.0, 100.0, 286.0, 140.0], atol=1e-4)
+    assert fused[1] == pytest.approx(0.8) and fused[2] == "stitching"
+    # Given tiles of the plain photo's grid, there is no other view to read them on.
+    assert detect_photo(work, detector, prep, tiles=list(range(len(prepare_tiles(work, prep)[1])))) == plain
+
+
+def test_detector_scales_are_factors_other_than_one():
+    from training.config import DetectorSettings
+
+    assert DetectorSettings(scales=[0.8, 1.25]).scales == [0.8, 1.25]
+    for bad in ([1.0], [0.1], [5.0]):
+        with pytest.raises(ValueError, match=r"between 0\.25 and 4 other than 1"):
+            DetectorSettings(scales=bad)
+
+
 class CountingBrightPatch(BrightPatch):
     """BrightPatch that counts the tiles it reads, its bundle asking for the mirror at ``threshold``."""
 
@@ -248,6 +275,28 @@ def test_the_mirrored_view_can_read_only_the_tiles_over_the_plain_views_boxes():
     # A photo where the plain view finds nothing costs one view.
     blank, counted = np.zeros_like(work), CountingBrightPatch()
     assert detect_photo(blank, counted, prep, mirror_found_only=True) == []
+    assert counted.tiles_read == grid
+
+
+def test_a_scaled_view_can_read_only_the_tiles_over_the_plain_views_boxes():
+    import cv2
+
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = np.zeros((480, 640, 3), np.uint8)
+    work[100:140, 200:280, 0] = 255
+    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    grid = len(prepare_tiles(work, prep)[1])
+    half_grid = len(prepare_tiles(cv2.resize(work, (320, 240), interpolation=cv2.INTER_AREA), prep)[1])
+    everywhere, found_only = CountingBrightPatch(), CountingBrightPatch()
+    full = detect_photo(work, everywhere, prep, mirror=False, scales=[0.5])
+    fast = detect_photo(work, found_only, prep, mirror=False, scales=[0.5], scales_found_only=True)
+    assert everywhere.tiles_read == grid + half_grid
+    # at half scale the box (x 102-142, y 50-70) lies in the first tile only (x 0-160, y 0-160)
+    assert found_only.tiles_read == grid + 1
+    assert fast == full and len(full) == 1 and full[0][0] == pytest.approx((206.0, 100.0, 286.0, 140.0))
+    # A photo where the plain view finds nothing reads no resized one.
+    blank, counted = np.zeros_like(work), CountingBrightPatch()
+    assert detect_photo(blank, counted, prep, mirror=False, scales=[0.5], scales_found_only=True) == []
     assert counted.tiles_read == grid
 
 

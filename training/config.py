@@ -134,6 +134,17 @@ class DetectorSettings(BaseModel):
         description="with mirror: read the mirrored photo only where the plain view has a peak of at "
         "least half the score threshold, at that peak's pyramid level (models.photo.detect_photo)",
     )
+    scales: list[float] = Field(
+        default_factory=list,
+        description="also read the photo resized by each of these factors of the working scale (every "
+        "tile, not mirrored) and fuse each view's boxes in turn, as the mirrored view's "
+        "(models.photo.detect_photo); each view costs its tiles",
+    )
+    scales_found_only: bool = Field(
+        False,
+        description="with scales: read each resized photo only on the tiles over the plain view's peaks "
+        "of at least half the score threshold, at their pyramid level (as mirror_found_only)",
+    )
     guide_threshold: float = Field(
         0.0,
         ge=0,
@@ -141,6 +152,16 @@ class DetectorSettings(BaseModel):
         description="paired with a classifier that cuts the same tiles (triage, loupe val): read only "
         "the tiles where it scores some family at least this much (models.photo.guided_tiles); 0: all",
     )
+
+    @field_validator("scales")
+    @classmethod
+    def _scales_in_range(cls, scales: list[float]) -> list[float]:
+        bad = [s for s in scales if not 0.25 <= s <= 4.0 or s == 1.0]
+        if bad:
+            raise ValueError(
+                f"scales {bad}: each a factor between 0.25 and 4 other than 1 (the photo as read)"
+            )
+        return scales
 
 
 class EarlyStopping(BaseModel):
