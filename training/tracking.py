@@ -302,7 +302,7 @@ def make_champion(ref: str, task: str) -> dict[str, str | None]:
     uri = tracking_uri()
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        previous = client.get_model_version_by_alias(name, CHAMPION).version
+        previous = str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException:  # no model or no champion yet
         previous = None
     match = MODELS_URI.match(str(ref).strip())
