@@ -98,27 +98,16 @@ def main() -> None:
     def variant(**change):
         return shipped.model_copy(update={"config": {**shipped.config, "detector": {**decoding, **change}}})
 
+    scaled = {"mirror": True, "mirror_found_only": True, "guide_threshold": 0.0, "scales": [0.8, 1.25]}
     arms = {
         "one view": variant(mirror=False, guide_threshold=0.0, scales=[]),
         "mirrored everywhere": variant(mirror=True, mirror_found_only=False, guide_threshold=0.0, scales=[]),
         "mirrored near peaks": variant(mirror=True, mirror_found_only=True, guide_threshold=0.0, scales=[]),
-        "near peaks, at 0.8 and 1.25 everywhere": variant(
-            mirror=True,
-            mirror_found_only=True,
-            guide_threshold=0.0,
-            scales=[0.8, 1.25],
-            scales_found_only=False,
-        ),
+        "near peaks, at 0.8 and 1.25 everywhere": variant(**scaled, scales_found_only=False),
         "near peaks, guided at 0.1": variant(
             mirror=True, mirror_found_only=True, guide_threshold=0.1, scales=[]
         ),
-        "near peaks, at 0.8 and 1.25 near peaks": variant(
-            mirror=True,
-            mirror_found_only=True,
-            guide_threshold=0.0,
-            scales=[0.8, 1.25],
-            scales_found_only=True,
-        ),
+        "near peaks, at 0.8 and 1.25 near peaks": variant(**scaled, scales_found_only=True),
     }
     classifier = load_predictor(refs["classifier"], "onnx", "cpu", 1)
     guides = [score_photo(w, classifier, prep) for w in works]

@@ -202,11 +202,19 @@ class BrightPatch:
         return out
 
 
-def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
-    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+def _patch_photo(brighter_left: bool = True) -> np.ndarray:
+    """A 640x480 working photo with BrightPatch's patch at x 200-280, y 100-140, its green ramp
+    brighter on the left (or the right)."""
     work = np.zeros((480, 640, 3), np.uint8)
     work[100:140, 200:280, 0] = 255
-    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)  # brighter on the left
+    ramp = np.linspace(250, 50, 80) if brighter_left else np.linspace(50, 250, 80)
+    work[100:140, 200:280, 1] = ramp.astype(np.uint8)
+    return work
+
+
+def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
+    prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
+    work = _patch_photo()  # brighter on the left
     plain = detect_photo(work, BrightPatch(), prep, mirror=False)
     assert [(d[0], round(d[1], 6)) for d in plain] == [((204.0, 100.0, 284.0, 140.0), 0.8)]
     (fused,) = detect_photo(work, BrightPatch(), prep)  # the bundle asks for the mirror
@@ -217,9 +225,7 @@ def test_a_mirrored_view_is_read_too_and_its_boxes_mapped_back_and_fused():
 
 def test_a_view_at_another_scale_is_read_too_and_its_boxes_mapped_back_and_fused():
     prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
-    work = np.zeros((480, 640, 3), np.uint8)
-    work[100:140, 200:280, 0] = 255
-    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    work = _patch_photo()
     detector = BrightPatch()
     detector.bundle = SimpleNamespace(config={"detector": {"score_threshold": 0.1, "scales": [0.5]}})
     plain = detect_photo(work, detector, prep, scales=[])
@@ -260,9 +266,7 @@ class CountingBrightPatch(BrightPatch):
 
 def test_the_mirrored_view_can_read_only_the_tiles_over_the_plain_views_boxes():
     prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
-    work = np.zeros((480, 640, 3), np.uint8)
-    work[100:140, 200:280, 0] = 255
-    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    work = _patch_photo()
     grid = len(prepare_tiles(work, prep)[1])
     everywhere, found_only = CountingBrightPatch(), CountingBrightPatch()
     full = detect_photo(work, everywhere, prep)
@@ -282,9 +286,7 @@ def test_a_scaled_view_can_read_only_the_tiles_over_the_plain_views_boxes():
     import cv2
 
     prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
-    work = np.zeros((480, 640, 3), np.uint8)
-    work[100:140, 200:280, 0] = 255
-    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    work = _patch_photo()
     grid = len(prepare_tiles(work, prep)[1])
     half_grid = len(prepare_tiles(cv2.resize(work, (320, 240), interpolation=cv2.INTER_AREA), prep)[1])
     everywhere, found_only = CountingBrightPatch(), CountingBrightPatch()
@@ -304,9 +306,7 @@ def test_a_peak_under_the_threshold_still_leads_the_mirrored_view_there():
     # The ramp brighter on the right: the plain view scores the patch 0.4, under the threshold of 0.5
     # but over half of it; the mirrored view scores it 0.8 and keeps it, at half its score once fused.
     prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
-    work = np.zeros((480, 640, 3), np.uint8)
-    work[100:140, 200:280, 0] = 255
-    work[100:140, 200:280, 1] = np.linspace(50, 250, 80).astype(np.uint8)
+    work = _patch_photo(brighter_left=False)
     full = detect_photo(work, CountingBrightPatch(0.5), prep)
     assert [round(d[1], 6) for d in full] == [0.4]
     counted = CountingBrightPatch(0.5)
@@ -318,9 +318,7 @@ def test_the_detector_reads_only_the_tiles_its_classifier_points_at_when_its_bun
     from models.photo import PhotoScores, guided_tiles
 
     prep = PrepSettings(work_long_side=640, tile_size=160, tile_overlap=16, input_size=160, levels=(1.0,))
-    work = np.zeros((480, 640, 3), np.uint8)
-    work[100:140, 200:280, 0] = 255  # the patch lies in the tile at x 144, y 0
-    work[100:140, 200:280, 1] = np.linspace(250, 50, 80).astype(np.uint8)
+    work = _patch_photo()  # the patch lies in the tile at x 144, y 0
     grid = prepare_tiles(work, prep)[1]
     tile_scores = np.zeros((len(grid), 3), np.float32)
     at = {(t.x, t.y): i for i, t in enumerate(grid)}
