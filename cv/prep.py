@@ -71,7 +71,8 @@ def min_decode_side(settings: PrepSettings, original_w: int, original_h: int) ->
     return math.ceil(settings.work_long_side * short / long)
 
 
-def _resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` at ``size`` (width, height), as every working-scale photo is made."""
     h, w = rgb.shape[:2]
     if (w, h) == size:
         return rgb
@@ -137,7 +138,7 @@ def to_working_scale(rgb: np.ndarray, settings: PrepSettings) -> tuple[np.ndarra
     _check_rgb(rgb)
     h, w = rgb.shape[:2]
     scale = settings.work_long_side / max(w, h)
-    work = colour_correct(_resize(rgb, level_size(w, h, scale)), settings)
+    work = colour_correct(resize(rgb, level_size(w, h, scale)), settings)
     return work, scale
 
 
@@ -222,7 +223,7 @@ def letterbox(rgb: np.ndarray, size: int) -> tuple[np.ndarray, LetterboxTransfor
     nw, nh = min(size, max(1, round(w * scale))), min(size, max(1, round(h * scale)))
     pad_x, pad_y = (size - nw) // 2, (size - nh) // 2
     out = np.full((size, size, 3), LETTERBOX_FILL, np.uint8)
-    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = _resize(rgb, (nw, nh))
+    out[pad_y : pad_y + nh, pad_x : pad_x + nw] = resize(rgb, (nw, nh))
     return out, LetterboxTransform(scale, pad_x, pad_y, w, h, size)
 
 
@@ -246,7 +247,7 @@ def level_size(w: int, h: int, scale: float) -> tuple[int, int]:
 def pyramid_level(rgb_work: np.ndarray, scale: float) -> np.ndarray:
     """The working photo at one pyramid level (``scale`` 1.0 returns it as it is)."""
     h, w = rgb_work.shape[:2]
-    return _resize(rgb_work, level_size(w, h, scale))
+    return resize(rgb_work, level_size(w, h, scale))
 
 
 def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndarray, list[Tile]]:
@@ -272,7 +273,7 @@ def prepare_tiles(rgb_work: np.ndarray, settings: PrepSettings) -> tuple[np.ndar
             )
     batch = np.stack(crops)
     if settings.input_size != s:
-        batch = np.stack([_resize(tile, (settings.input_size, settings.input_size)) for tile in batch])
+        batch = np.stack([resize(tile, (settings.input_size, settings.input_size)) for tile in batch])
     return normalise(batch, settings), tiles
 
 

@@ -222,8 +222,9 @@ def detect_photo(
     then costs a fraction of the first, and on four POs its boxes scored the same mAP as reading it
     everywhere (configs/train_detector.yaml). With ``tiles`` and without ``mirror_found_only`` there
     is no mirrored view: the mirrored photo's grid is not the plain one's. ``scales``: the photo is
-    also read resized by each factor, on every tile, and each such view's boxes fused in turn (not
-    with ``tiles``, whose grid is the plain photo's).
+    also read resized by each factor (on every tile, or with ``scales_found_only`` on those over the
+    plain view's leads, as the mirrored view) and each such view's boxes fused in turn (not with
+    ``tiles``, whose grid is the plain photo's).
     """
     prep = as_prep(prep)
     saved = _saved_decoding(detector_predictor)
@@ -267,11 +268,11 @@ def _scaled_view(
 ) -> list[Detection]:
     """The boxes of the photo read resized by ``factor``, in the photo's working pixels; with ``over``
     (leads in the resized photo's pixels) only on the tiles over them."""
-    import cv2
+    from cv.prep import resize
 
     h, w = rgb_work.shape[:2]
     size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    resized = cv2.resize(rgb_work, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    resized = resize(rgb_work, size)
     fx, fy = size[0] / w, size[1] / h
     boxes, _ = _detect_view(resized, detector_predictor, prep, None, **settings, over=over)
     return [((b[0] / fx, b[1] / fy, b[2] / fx, b[3] / fy), score, f, sub) for b, score, f, sub in boxes]

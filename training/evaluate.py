@@ -679,6 +679,8 @@ def format_report(report: dict) -> str:
 
 def format_against(against: dict) -> list[str]:
     """The lines of a comparison with a baseline (:func:`training.validate.validate`'s ``against``)."""
+    from training.compare import Difference
+
     lines = [
         f"against {against['ref']} on the same {against['photos']} photos (model - baseline; 95 % interval, "
         f"paired bootstrap over photos, {against['rounds']} rounds for AUROC and AP"
@@ -688,8 +690,6 @@ def format_against(against: dict) -> list[str]:
     for metric, title in titles.items():
         for family, d in (against.get(metric) or {}).items():
             name = f"{title} {family}"
-            lines.append(
-                f"  {name:<26}{d['model']:.3f} vs {d['baseline']:.3f}   "
-                f"{d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]  {d['verdict']}"
-            )
+            difference = Difference(d["diff"], d["low"], d["high"])
+            lines.append(f"  {name:<26}{d['model']:.3f} vs {d['baseline']:.3f}   {difference}")
     return lines
