@@ -18,6 +18,8 @@ from training.evaluate import (
     group_auroc,
     group_map,
     photo_report,
+    photo_rows,
+    photo_rows_csv,
     subtype_recall,
     triage_outcome,
 )
@@ -116,6 +118,48 @@ def test_subtype_auroc_ranks_its_photos_against_the_photos_without_that_familys_
     assert math.isnan(
         subtype_recall(probs, run, {"stitching": 0.5, "logo": 0.5, "label": 0.5})["puckering"]["auroc"]
     )
+
+
+def test_the_photo_table_names_each_photos_misses_and_false_flags():
+    import csv
+    import io
+
+    scores, labels = _case()  # stitching 0.9+ 0.8- 0.7+ 0.6+ 0.5- 0.4-
+    # label 0.95+ 0.05- 0.9+ 0.1- 0.2- 0.85+
+    names = [f"IMG_{i}.jpg" for i in range(6)]
+    subtypes = [["skipped_stitch", "torn_label"], [], ["puckering", "missing_label"]]
+    subtypes += [["uneven_stitch_length"], [], []]
+    groups = [{"shot": "whole", "product": "bag"}] * 3 + [{"shot": "closeup"}] * 3
+    run = PhotoRun(list(FAMS), list(range(6)), scores, labels, subtypes=subtypes, groups=groups, names=names)
+    # stitching flags at 0.65: photo 1 (0.8) falsely, photo 3 (0.6) missed; label at 0.88: photo 5 missed
+    flag = {"stitching": 0.65, "logo": 0.5, "label": 0.88}
+    rows = photo_rows(run, scores, flag)
+    assert [r["photo"] for r in rows] == names
+    assert rows[0] | {} == {
+        "photo": "IMG_0.jpg", "shot": "whole", "product": "bag", "defects": "stitching;label",
+        "subtypes": "skipped_stitch;torn_label", "stitching": 0.9, "logo": 0.1, "label": 0.95,
+        "flagged": "stitching;label", "missed": "", "false_flags": "",
+    }  # fmt: skip
+    assert (rows[1]["flagged"], rows[1]["false_flags"], rows[1]["missed"]) == ("stitching", "stitching", "")
+    assert (rows[2]["false_flags"], rows[2]["missed"]) == ("logo", "")  # logo 0.6 on a photo without one
+    assert (rows[3]["missed"], rows[3]["product"]) == ("stitching", "")
+    assert (rows[5]["flagged"], rows[5]["missed"]) == ("", "label")
+    # per-photo thresholds (cross-fitted halves) apply photo by photo
+    rows = photo_rows(run, scores, {**flag, "stitching": np.array([0.95, 0.5, 0.5, 0.5, 0.5, 0.5])})
+    assert (rows[0]["flagged"], rows[0]["missed"]) == ("label", "stitching")  # 0.9 under its own 0.95
+    assert rows[3]["missed"] == "" and rows[3]["flagged"] == "stitching"  # 0.6 over its own 0.5
+    # The CSV reads back with one row per photo; the report carries the table and prints the misses.
+    back = list(csv.DictReader(io.StringIO(photo_rows_csv(photo_rows(run, scores, flag)))))
+    assert len(back) == 6 and back[3]["missed"] == "stitching" and float(back[3]["stitching"]) == 0.6
+    report = photo_report(run, {}, {f: {"flag": t} for f, t in flag.items()})
+    assert report["photo_rows"] == photo_rows(run, scores, flag)
+    text = format_report(report)
+    lines = text.splitlines()
+    at = lines.index("missed defects (2; lowest score first, up to 12):")
+    # lowest score first, each with the subtypes of the missed family only
+    assert lines[at + 1].split() == ["IMG_3.jpg", "stitching", "0.600", "uneven_stitch_length", "closeup"]
+    assert lines[at + 2].split() == ["IMG_5.jpg", "label", "0.850", "-", "closeup"]
+    assert "missed defects" not in format_report(photo_report(run, {}, {f: {"flag": 0.0} for f in FAMS}))
 
 
 def test_group_auroc_ranks_within_each_framing_and_product():

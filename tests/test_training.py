@@ -97,6 +97,14 @@ def test_classifier_run_lowers_loss_logs_to_mlflow_and_registers_champion(po, da
     assert {"config", "plots", "evaluation"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/confusion.png", "plots/val_predictions.png"} <= plots
+    # the validation photos one by one, as a spreadsheet opens them
+    table = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/evaluation/photos.csv").splitlines()
+    assert table[0].split(",")[:4] == ["photo", "shot", "product", "defects"]
+    assert (
+        len(table) - 1
+        == bundle.metrics["per_family"]["stitching"]["n_positive"]
+        + bundle.metrics["per_family"]["stitching"]["n_negative"]
+    )
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
     # The registry: version 1 is the champion, and it resolves back to this bundle from $LOUPE_DATA
@@ -393,6 +401,11 @@ def test_detector_run_resume_and_validate(po, data_dir):
     assert len(shots) == 2, "seed 5's 12 photos hold whole-product shots and close-ups"
     by_shot = classifier_report["per_group"]["shot"]
     assert {v: g["photos"] for v, g in by_shot.items()} == dict(shots)
+    # photo by photo, in the dataset's order, under their own file names
+    images = json.loads((po / "annotations.json").read_text())["images"]
+    rows = classifier_report["photo_rows"]
+    assert [r["photo"] for r in rows] == [im["file_name"] for im in images]
+    assert [r["shot"] for r in rows] == [im["shot"] for im in images]
 
 
 def _paired_runs(po, guide_threshold: float):

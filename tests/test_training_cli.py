@@ -62,6 +62,29 @@ def test_val_against_a_detector_without_a_detector_to_judge_names_the_flag(runne
     assert out.exit_code == 2 and "give the one to judge with --detector" in out.output
 
 
+def test_val_writes_the_photo_by_photo_table_it_printed_the_misses_of(runner, tmp_path, po):
+    import csv
+    import json
+
+    out = runner.invoke(
+        app, ["val", "--model", "default", "--data", str(po), "--photos", "eval/photos.csv", "--no-track"]
+    )
+    assert out.exit_code == 0, out.output
+    rows = list(csv.DictReader((tmp_path / "eval" / "photos.csv").open(encoding="utf-8")))
+    images = json.loads((po / "annotations.json").read_text())["images"]
+    assert [r["photo"] for r in rows] == [im["file_name"] for im in images]
+    assert all(0.0 <= float(r[f]) <= 1.0 for r in rows for f in ("stitching", "logo", "label"))
+    # every defect is either flagged or missed, never both; the terminal lists each miss
+    misses = [(r["photo"], f) for r in rows for f in r["missed"].split(";") if f]
+    for r in rows:
+        for family in r["defects"].split(";"):
+            if family:
+                assert (family in r["flagged"].split(";")) != (family in r["missed"].split(";"))
+    for photo, family in misses:
+        assert any(line.split()[:2] == [photo, family] for line in out.output.splitlines())
+    assert ("missed defects" in out.output) == bool(misses)
+
+
 def test_champion_registers_a_folder_and_moves_the_alias_between_versions(runner, tmp_path):
     import mlflow
 

@@ -683,7 +683,7 @@ def finish(
     (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
     if track:
         tracking.log_metrics(report["flat"])
-        tracking.log_dict_artifact(_jsonable(report), "evaluation/report.json")
+        tracking.log_evaluation(report)
         tracking.log_dict_artifact(
             {"thresholds": thresholds, "calibration": calibration}, "evaluation/thresholds.json"
         )

@@ -8,6 +8,7 @@ place photo-level inference lives) and feed them.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import math
 import re
@@ -229,6 +230,7 @@ class PhotoRun:
     # detector run given a classifier run: the boxes as triage scores them (supported_detections)
     supported_detections: list[dict] | None = None
     prep: Any = None  # the model's prep settings the photos were run with
+    names: list[str] = field(default_factory=list)  # per photo, its file name in the dataset
 
     def fit_args(self, rows: np.ndarray | slice = slice(None)) -> dict:
         """The per-level scores of ``rows``, as :func:`training.calibrate.fit_thresholds` and
@@ -301,6 +303,7 @@ def run_on_photos(
     anns = annotations_by_image(dataset.coco)
     raw, labels, dets, panels, subtypes, level_raw, levels = [], [], [], [], [], [], ()
     groups: list[dict[str, str]] = []
+    names: list[str] = []
     photo_scores: dict[int, tuple[Any, float]] = {}
     supported: list[dict] | None = [] if support is not None else None
     for n, image_id in enumerate(image_ids):
@@ -309,6 +312,7 @@ def run_on_photos(
         labels.append(photo_labels(image, anns.get(image_id, []), families))
         subtypes.append(sorted({a["subtype"] for a in anns.get(image_id, []) if a.get("subtype")}))
         groups.append({k: str(image[k]) for k in GROUP_KEYS if image.get(k)})
+        names.append(str(image.get("file_name") or image_id))
         to_photo = (image.get("width") or rgb.shape[1]) / rgb.shape[1]
         findings = []
         if predictor.task == "classifier":
@@ -359,6 +363,7 @@ def run_on_photos(
         photo_scores=photo_scores,
         supported_detections=supported,
         prep=prep,
+        names=names,
     )
 
 
@@ -426,6 +431,7 @@ def photo_report(
         "per_group": group_auroc(probs, run),
         "confusion": confusion_by_family(probs, run.labels, flag, run.families),
         "triage": outcome,
+        "photo_rows": photo_rows(run, probs, flag),
         "flat": {
             **flat_metrics(per_family, prefix="val"),
             **{f"val/triage/{k}": v for k, v in outcome.items() if isinstance(v, float)},
@@ -475,19 +481,16 @@ def triage_outcome(
 
     from models.photo import decide  # serving's verdict rule, so the shares are what triage would do
 
-    def at(threshold: float | np.ndarray, i: int) -> float:
-        return float(np.broadcast_to(np.asarray(threshold, np.float64), (len(probs),))[i])
+    n, review_at = len(probs), review or flag
 
-    verdicts = np.array(
-        [
-            decide(
-                {f: float(probs[i, k]) for k, f in enumerate(families)},
-                {f: {"flag": at(flag[f], i), "review": at((review or flag)[f], i)} for f in families},
-                "usable",
-            )
-            for i in range(len(probs))
-        ]
-    )
+    def thresholds(i: int) -> dict[str, dict[str, float]]:
+        return {
+            f: {"flag": _threshold_at(flag[f], i, n), "review": _threshold_at(review_at[f], i, n)}
+            for f in families
+        }
+
+    scores = [{f: float(probs[i, k]) for k, f in enumerate(families)} for i in range(n)]
+    verdicts = np.array([decide(scores[i], thresholds(i), "usable") for i in range(n)])
 
     def share(x: np.ndarray) -> float:
         return float(x.mean()) if len(x) else float("nan")
@@ -504,6 +507,49 @@ def triage_outcome(
         out["good_passed"] = share(passed[~defective])
         out["defective_passed"] = share(passed[defective])  # the misses: nobody sees these
     return out
+
+
+def _threshold_at(threshold: float | np.ndarray, i: int, n: int) -> float:
+    """Photo ``i``'s threshold: one for all ``n`` photos, or per photo (cross-fitted halves)."""
+    return float(np.broadcast_to(np.asarray(threshold, np.float64), (n,))[i])
+
+
+def photo_rows(run: PhotoRun, probs: np.ndarray, flag: dict[str, float | np.ndarray]) -> list[dict]:
+    """One row per photo, for a person checking a model's misses and false flags photo by photo: the
+    photo, what it holds (families, subtypes; framing and product where the dataset says), each
+    family's calibrated score, the families flagged at the flag thresholds, and of those the ones
+    it holds no defect of (``false_flags``) and the defects left below them (``missed``)."""
+    n = len(run.image_ids)
+    names = run.names or [str(i) for i in run.image_ids]
+    groups = run.groups or [{} for _ in range(n)]
+    subtypes = run.subtypes or [[] for _ in range(n)]
+    rows = []
+    for i in range(n):
+        truth = [f for k, f in enumerate(run.families) if run.labels[i, k]]
+        flagged = [f for k, f in enumerate(run.families) if probs[i, k] >= _threshold_at(flag[f], i, n)]
+        rows.append(
+            {
+                "photo": names[i],
+                **{key: groups[i].get(key, "") for key in GROUP_KEYS},
+                "defects": ";".join(truth),
+                "subtypes": ";".join(subtypes[i]),
+                **{f: round(float(probs[i, k]), 4) for k, f in enumerate(run.families)},
+                "flagged": ";".join(flagged),
+                "missed": ";".join(f for f in truth if f not in flagged),
+                "false_flags": ";".join(f for f in flagged if f not in truth),
+            }
+        )
+    return rows
+
+
+def photo_rows_csv(rows: list[dict]) -> str:
+    """:func:`photo_rows` as CSV text (a spreadsheet sorts it by any family's score)."""
+    out = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return out.getvalue()
 
 
 def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.ndarray]) -> dict[str, dict]:
@@ -647,6 +693,7 @@ def format_report(report: dict) -> str:
                 f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
                 f"{v.get('auroc', math.nan):>8.3f}"
             )
+    lines.extend(_format_misses(report.get("photo_rows") or [], list(report["per_family"])))
     for key, by_value in (report.get("per_group") or {}).items():
         families = list(report["per_family"])
         header = "".join(f"{f:>14}" for f in families)
@@ -675,6 +722,28 @@ def format_report(report: dict) -> str:
     if "against" in report:
         lines.extend(format_against(report["against"]))
     return "\n".join(lines)
+
+
+# The terminal lists this many of the lowest-scored misses; --photos writes them all.
+MISSES_SHOWN = 12
+
+
+def _format_misses(rows: list[dict], families: list[str]) -> list[str]:
+    """The defects left below their flag threshold, lowest score first: the photos to look at."""
+    from datasets.taxonomy import SUBTYPE_FAMILY
+
+    misses = sorted(
+        ((row[f], f, row) for row in rows for f in row["missed"].split(";") if f in families),
+        key=lambda m: m[0],
+    )
+    if not misses:
+        return []
+    lines = [f"missed defects ({len(misses)}; lowest score first, up to {MISSES_SHOWN}):"]
+    for score, family, row in misses[:MISSES_SHOWN]:
+        subtypes = ",".join(s for s in row["subtypes"].split(";") if SUBTYPE_FAMILY.get(s) == family)
+        where = " ".join(row[key] for key in GROUP_KEYS if row.get(key))
+        lines.append(f"  {row['photo']:<28}{family:<10}{score:>7.3f}  {subtypes or '-'}  {where}".rstrip())
+    return lines
 
 
 def format_against(against: dict) -> list[str]:

@@ -245,6 +245,19 @@ def log_dict_artifact(data: dict, name: str) -> None:
     mlflow.log_dict(data, name)
 
 
+def log_evaluation(report: dict) -> None:
+    """A photo report (:func:`training.evaluate.photo_report`) as ``evaluation/report.json``, and its
+    photo by photo table also as ``evaluation/photos.csv``, which opens in a spreadsheet."""
+    import mlflow
+
+    from training.engine import _jsonable
+    from training.evaluate import photo_rows_csv
+
+    log_dict_artifact(_jsonable(report), "evaluation/report.json")
+    if report.get("photo_rows"):
+        mlflow.log_text(photo_rows_csv(report["photo_rows"]), "evaluation/photos.csv")
+
+
 def log_bundle(
     bundle_dir: Path,
     task: str,

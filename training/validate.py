@@ -221,7 +221,6 @@ def _log_val(
     against: str | None = None,
 ) -> None:
     from training import tracking
-    from training.engine import _jsonable
 
     config = {
         "model": ref,
@@ -236,7 +235,7 @@ def _log_val(
         "loupe-val", f"val-{bundle.name}", config, data_version=data_version, tags={"loupe.task": "val"}
     ):
         tracking.log_metrics(report["flat"])
-        tracking.log_dict_artifact(_jsonable(report), "evaluation/report.json")
+        tracking.log_evaluation(report)
         tracking.log_figure(tracking.confusion_figure(report["confusion"]), "confusion.png")
         if run.labels.any():
             from models.photo import calibrate_scores

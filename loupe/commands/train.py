@@ -165,6 +165,12 @@ def val(
     against_detector: str | None = typer.Option(
         None, "--against-detector", help="a baseline detector, likewise for mAP@0.5 (needs --detector)"
     ),
+    photos: Path | None = typer.Option(
+        None,
+        "--photos",
+        help="write the classifier's photo by photo table to this CSV: scores, what each photo holds, "
+        "what was missed or flagged falsely",
+    ),
     no_track: bool = typer.Option(False, "--no-track", help="do not log the evaluation to MLflow"),
 ) -> None:
     """Evaluate models on a dataset: per-family AUROC, AP, recall, false-flag rate (and detector mAP).
@@ -175,7 +181,7 @@ def val(
     _passive_omp_threads()
     from models.errors import ModelFileError
     from models.refs import ModelRefError
-    from training.evaluate import format_report
+    from training.evaluate import format_report, photo_rows_csv
     from training.validate import validate
 
     try:
@@ -188,6 +194,11 @@ def val(
     for name, report in reports.items():
         typer.echo(f"== {name}")
         typer.echo(format_report(report))
+    if photos is not None:
+        classifier_report = next(iter(reports.values()))  # the classifier runs first
+        photos.parent.mkdir(parents=True, exist_ok=True)
+        photos.write_text(photo_rows_csv(classifier_report["photo_rows"]), encoding="utf-8")
+        typer.echo(f"photo by photo: {photos}")
 
 
 @app.command("calibrate")
