@@ -386,9 +386,15 @@ def test_detector_run_resume_and_validate(po, data_dir):
     # two epochs on 12 photos box less than the shipped detector does
     assert everything["baseline"] > everything["model"] and everything["low"] <= everything["diff"]
     assert report["flat"]["val/against/all/map50_diff"] == everything["diff"]
+    # photo by photo, the baseline's scores beside the model's
+    assert len(report["photo_rows"]) == 12
+    assert all(0.0 <= r[f"{f}_against"] <= 1.0 for r in report["photo_rows"] for f in bundle.families)
+    alone = reports[bundle.ref]["photo_rows"]
+    assert [r["photo"] for r in report["photo_rows"]] == [r["photo"] for r in alone]
     assert f"against {against['ref']} on the same 12 photos" in format_report(report)
     (classifier_report,) = [r for name, r in both.items() if name != bundle.ref]
     assert "against" not in classifier_report  # no --against: the classifier is judged alone
+    assert not any(key.endswith("_against") for key in classifier_report["photo_rows"][0])
     with pytest.raises(ValueError, match="compare a classifier with --against"):
         validate(str(resumed.bundle_dir), po, against="default", track=False, log=lambda m: None)
     assert 0.0 <= report["map_supported"]["map50"] <= 1.0

@@ -66,6 +66,7 @@ def validate(
             log(f"evaluating the baseline {base.bundle.ref} ({task}) on the same photos")
             base_run = run_on_photos(dataset, ids, base, base.bundle.prep, log=log, n_panels=0)
             report["against"] = _against(run, base_run, base.bundle.ref, gt)
+            _with_baseline_scores(report["photo_rows"], base_run, base.bundle.calibration)
             report["flat"].update(_against_flat(report["against"]))
         reports[bundle.ref] = report
         if track:
@@ -96,6 +97,16 @@ def _against(run, base_run, base_ref: str, gt: dict | None) -> dict[str, Any]:
         boxes = compare_boxes(run.detections, base_run.detections, gt, run.families)
         out |= {"map50": boxes["map50"], "map_rounds": boxes["rounds"]}
     return out
+
+
+def _with_baseline_scores(rows: list[dict], base_run, calibration: dict) -> None:
+    """Each photo's row gains the baseline's calibrated score per family (``stitching_against``): the
+    photo table then shows which photos a fine-tune moved, and which way."""
+    from models.photo import calibrate_scores
+
+    probs = calibrate_scores(base_run.raw, calibration, base_run.families)
+    for row, p in zip(rows, probs, strict=True):
+        row.update({f"{f}_against": round(float(p[k]), 4) for k, f in enumerate(base_run.families)})
 
 
 def _against_flat(against: dict[str, Any]) -> dict[str, float]:
