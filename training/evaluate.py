@@ -481,16 +481,18 @@ def triage_outcome(
 
     from models.photo import decide  # serving's verdict rule, so the shares are what triage would do
 
-    n, review_at = len(probs), review or flag
-
-    def thresholds(i: int) -> dict[str, dict[str, float]]:
-        return {
-            f: {"flag": _threshold_at(flag[f], i, n), "review": _threshold_at(review_at[f], i, n)}
-            for f in families
-        }
-
-    scores = [{f: float(probs[i, k]) for k, f in enumerate(families)} for i in range(n)]
-    verdicts = np.array([decide(scores[i], thresholds(i), "usable") for i in range(n)])
+    flag_at = per_photo_thresholds(flag, families, len(probs))
+    review_at = per_photo_thresholds(review or flag, families, len(probs))
+    verdicts = np.array(
+        [
+            decide(
+                {f: float(probs[i, k]) for k, f in enumerate(families)},
+                {f: {"flag": flag_at[i, k], "review": review_at[i, k]} for k, f in enumerate(families)},
+                "usable",
+            )
+            for i in range(len(probs))
+        ]
+    )
 
     def share(x: np.ndarray) -> float:
         return float(x.mean()) if len(x) else float("nan")
@@ -509,9 +511,10 @@ def triage_outcome(
     return out
 
 
-def _threshold_at(threshold: float | np.ndarray, i: int, n: int) -> float:
-    """Photo ``i``'s threshold: one for all ``n`` photos, or per photo (cross-fitted halves)."""
-    return float(np.broadcast_to(np.asarray(threshold, np.float64), (n,))[i])
+def per_photo_thresholds(flag: dict[str, float | np.ndarray], families: list[str], n: int) -> np.ndarray:
+    """(n, F): each family's threshold for each of ``n`` photos, from one per family or one per photo
+    (cross-fitted halves judge each photo at the other half's threshold)."""
+    return np.stack([np.broadcast_to(np.asarray(flag[f], np.float64), (n,)) for f in families], axis=1)
 
 
 def photo_rows(run: PhotoRun, probs: np.ndarray, flag: dict[str, float | np.ndarray]) -> list[dict]:
@@ -523,10 +526,11 @@ def photo_rows(run: PhotoRun, probs: np.ndarray, flag: dict[str, float | np.ndar
     names = run.names or [str(i) for i in run.image_ids]
     groups = run.groups or [{} for _ in range(n)]
     subtypes = run.subtypes or [[] for _ in range(n)]
+    flags = probs >= per_photo_thresholds(flag, run.families, n)
     rows = []
     for i in range(n):
         truth = [f for k, f in enumerate(run.families) if run.labels[i, k]]
-        flagged = [f for k, f in enumerate(run.families) if probs[i, k] >= _threshold_at(flag[f], i, n)]
+        flagged = [f for k, f in enumerate(run.families) if flags[i, k]]
         rows.append(
             {
                 "photo": names[i],
@@ -563,6 +567,7 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
 
     from datasets.taxonomy import SUBTYPE_FAMILY
 
+    flags = probs >= per_photo_thresholds(flag, run.families, len(probs))
     out: dict[str, dict] = {}
     for sub in sorted({s for subs in run.subtypes for s in subs}):
         family = SUBTYPE_FAMILY.get(sub)
@@ -571,13 +576,12 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
         k = run.families.index(family)
         rows = [i for i, subs in enumerate(run.subtypes) if sub in subs]
         scores = probs[rows, k]
-        t = np.asarray(flag[family], np.float64)
         clean = probs[~run.labels[:, k] & ~np.isin(np.arange(len(probs)), rows), k]
         y = np.r_[np.ones(len(scores)), np.zeros(len(clean))]
         out[sub] = {
             "family": family,
             "photos": len(rows),
-            "recall": float((scores >= (t[rows] if t.ndim else t)).mean()),
+            "recall": float(flags[rows, k].mean()),
             "median_score": float(np.median(scores)),
             "auroc": float(roc_auc_score(y, np.r_[scores, clean])) if len(clean) else math.nan,
         }
