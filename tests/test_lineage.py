@@ -1,0 +1,183 @@
+"""The shipped defaults' lineages (configs/default_*.yaml) and `loupe reproduce`, which runs one.
+
+The shipped lineages take hours; here they are checked against the bundles they describe, and a tiny
+lineage with every kind of stage runs end to end on a dozen generated 400x320 photos.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from configs import ConfigError, load_config
+from loupe.cli import app
+from models.bundle import load_bundle
+from models.refs import DEFAULT_DIR
+from training.config import TrainConfig
+from training.lineage import Lineage, load_lineage, merged
+
+
+def _bundle_config(lineage: Lineage) -> dict:
+    """The config the lineage's last bundle carries: a fine-tuned detector decodes as its starting model
+    (training.engine.keep_decoding), a calibrate stage takes its recipe's scoring settings
+    (training.validate.recalibrate), a decode stage changes the decoding alone."""
+    config: dict = {}
+    for stage in lineage.stages:
+        if stage.make == "decode":
+            config = merged(config, stage.set)
+            continue
+        recipe = lineage.recipe_for(stage).model_dump(mode="json")
+        if stage.make == "calibrate":
+            config = merged(config, {k: recipe[k] for k in ("calibration", "detector")})
+        elif config and lineage.task == "detector":
+            decoding = {k: v for k, v in config["detector"].items() if k != "loss_weights"}
+            config = merged(recipe, {"detector": decoding})
+        else:
+            config = recipe
+    return config
+
+
+@pytest.mark.parametrize("task", ["classifier", "detector"])
+def test_the_shipped_lineage_describes_the_shipped_default(task):
+    lineage = load_lineage(f"default_{task}")
+    shipped = load_bundle(DEFAULT_DIR / task)
+    assert lineage.task == task
+    assert lineage.stages[-1].version == shipped.version
+    # every setting the shipped bundle saved is what its lineage resolves to, stage after stage
+    assert _bundle_config(lineage) == TrainConfig.model_validate(shipped.config).model_dump(mode="json")
+    last_trained = [s for s in lineage.stages if s.make == "train"][-1]
+    assert last_trained.data.version == shipped.data_version
+
+
+def test_a_lineage_with_a_typo_fails_at_load_time_naming_the_field(tmp_path):
+    bad = {
+        "task": "detector",
+        "stages": [
+            {"version": "1", "make": "train", "data": {"seed": 1, "photos": 10}, "set": {"epoch": 2}},
+        ],
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="epoch"):
+        load_lineage(path)
+    bad["stages"] = [
+        {"version": "1", "make": "train", "data": {"seed": 1, "photos": 10}},
+        {"version": "1.1", "make": "decode", "set": {"epochs": 2}},
+    ]
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="a decode stage sets only `detector:`"):
+        load_lineage(path)
+    bad["stages"] = [{"version": "1", "make": "decode", "set": {"detector": {"mirror": True}}}]
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="must train"):
+        load_config(path, Lineage)
+
+
+def test_reproduce_runs_every_kind_of_stage_keeps_what_is_done_and_resumes_a_cut_off_one(
+    tmp_path, monkeypatch
+):
+    from datasets.manifest import build_manifest
+    from datasets.synth import generate_po
+
+    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    recipe = {
+        "task": "detector",
+        "model": {
+            "arch": "tile_detector",
+            "kwargs": {"pretrained": "none", "num_subtypes": 16, "channels": 16},
+        },
+        "prep": {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48},
+        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
+        "augment": None,
+        "epochs": 1,
+        "steps_per_epoch": 3,
+        "batch_size": 8,
+        "schedule": "cosine",
+        "val_fraction": 0.3,
+        "num_threads": 1,
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    # the lineage generates these photos again, byte for byte
+    generate_po(tmp_path / "po", 12, seed=5, size=(400, 320), workers=1)
+    same = {"seed": 5, "photos": 12, "size": "400x320", "version": build_manifest(tmp_path / "po").version}
+    lineage = {
+        "task": "detector",
+        "recipe": str(tmp_path / "tiny.yaml"),
+        "stages": [
+            {"version": "1", "make": "train", "data": same, "set": {"detector": {"merge_iou": 0.4}}},
+            {
+                "version": "1.1",
+                "make": "calibrate",
+                "data": {"seed": 6, "photos": 6, "size": "400x320", "version": "000000000000"},
+                "set": {"calibration": {"target_recall": 0.9}},
+            },
+            {"version": "1.2", "make": "decode", "set": {"detector": {"mirror": True}}},
+            {"version": "2", "make": "train", "data": same, "set": {"epochs": 2}},
+        ],
+    }
+    (tmp_path / "lineage.yaml").write_text(yaml.safe_dump(lineage))
+    runner = CliRunner()
+    args = ["reproduce", "detector", "--lineage", "lineage.yaml", "--out", "rep", "--no-track"]
+
+    listed = runner.invoke(app, [*args, "--dry-run"])
+    assert listed.exit_code == 0, listed.output
+    assert len(listed.output.strip().splitlines()) == 4
+    assert "1.1: recalibrate 1 on `loupe data synth" in listed.output
+    assert not (tmp_path / "rep").exists()  # a dry run makes nothing
+
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    rep = tmp_path / "rep"
+    bundles = {v: load_bundle(rep / v / "bundle") for v in ("1", "1.1", "1.2", "2")}
+    assert [b.version for b in bundles.values()] == ["1", "1.1", "1.2", "2"]
+    assert out.output.strip().splitlines()[-1] == "rep/2/bundle"  # the last bundle, as --out was given
+    assert (rep / "2" / "bundle" / "model.onnx").is_file()  # exported, as the shipped default is
+    # the data: generated once under $LOUPE_DATA, checked against the versions the lineage records
+    assert (tmp_path / "data" / "synth-5-12-400x320" / "annotations.json").is_file()
+    assert f"data version {same['version']}, as the shipped stage's" in out.output
+    assert "differs from the shipped stage's 000000000000: the generator has changed" in out.output
+    # calibrate: the same weights, fitted again with the recipe's scoring settings (its target recall
+    # and decoding: merge_iou back to the recipe's 0.5); decode: only the decoding moves
+    assert bundles["1"].config["detector"]["merge_iou"] == 0.4
+    assert bundles["1.1"].config["calibration"]["target_recall"] == 0.9
+    assert bundles["1.1"].config["detector"]["merge_iou"] == 0.5
+    weights = {v: (rep / v / "bundle" / "weights.pt").read_bytes() for v in ("1", "1.1", "1.2")}
+    assert weights["1"] == weights["1.1"] == weights["1.2"]
+    assert bundles["1.2"].calibration == bundles["1.1"].calibration
+    assert bundles["1.2"].config["detector"] == {**bundles["1.1"].config["detector"], "mirror": True}
+    # a fine-tune decodes as the stage it starts from, and ran the stage's own epochs
+    assert bundles["2"].config["detector"] == bundles["1.2"].config["detector"]
+    assert bundles["2"].config["detector"]["mirror"] is True
+    assert bundles["2"].config["epochs"] == 2
+    assert yaml.safe_load((rep / "2" / "recipe.yaml").read_text())["epochs"] == 2  # what it ran with
+
+    # run again: every stage is kept as it is
+    stamps = {v: (rep / v / "bundle" / "weights.pt").stat().st_mtime_ns for v in bundles}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("done already") == 4
+    assert {v: (rep / v / "bundle" / "weights.pt").stat().st_mtime_ns for v in bundles} == stamps
+
+    # a training stage cut off after its checkpoints were written resumes from them
+    import shutil
+
+    shutil.rmtree(rep / "2" / "bundle")
+    resumed = runner.invoke(app, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming rep/2 after epoch" in resumed.output and load_bundle(rep / "2" / "bundle").version == "2"
+
+    # a later stage alone, from a bundle given on the command line
+    only = runner.invoke(
+        app,
+        ["reproduce", "detector", "--lineage", "lineage.yaml", "--out", "only", "--no-track",
+         "--start-at", "1.2", "--start", str(rep / "1.1" / "bundle")],
+    )  # fmt: skip
+    assert only.exit_code == 0, only.output
+    assert sorted(p.name for p in (tmp_path / "only").iterdir()) == ["1.2", "2"]
+    missing = runner.invoke(app, ["reproduce", "detector", "--lineage", "lineage.yaml", "--out", "none",
+                                  "--start-at", "2", "--no-track"])  # fmt: skip
+    assert missing.exit_code == 2 and "stage 2 starts from stage 1.2's bundle" in missing.output
+    lost = runner.invoke(app, [*args, "--start", str(rep / "1.1" / "bundle")])
+    assert lost.exit_code == 2 and "stage 1 starts from ImageNet" in lost.output

@@ -1,0 +1,265 @@
+"""How a shipped default model was made, stage by stage, and the one command that makes it again.
+
+The defaults were not trained in one run: each is a chain of stages (train from nothing, continue
+``--from`` the last stage on new generated photos, recalibrate, change how boxes are decoded), run
+over several days while the recipe grew. ``configs/default_<task>.yaml`` holds that chain as data:
+for every stage the generated PO it used (seed, photos, size, and the data version the shipped stage
+recorded), and what its recipe differed in from today's ``configs/train_<task>.yaml`` (taken from the
+``config`` each shipped bundle saved). :func:`reproduce` runs it: ``loupe reproduce classifier``.
+
+A stage whose bundle is already in the output folder is kept (delete its folder to make it again), and
+a training stage that was cut off resumes from its last checkpoint, so the command can be run again
+after an interruption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from training.config import DEFAULT_CONFIGS, DetectorSettings, TrainConfig, load_train_config
+
+DEFAULT_LINEAGES = {"classifier": "default_classifier.yaml", "detector": "default_detector.yaml"}
+RECIPE_FILE = "recipe.yaml"
+
+
+class SynthPO(BaseModel):
+    """A PO from the generator (``loupe data synth``): same seed, size and generator, same photos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int
+    photos: int = Field(ge=1)
+    size: str | None = Field(None, description="WIDTHxHEIGHT for every photo; null: the generator's size mix")
+    version: str | None = Field(
+        None,
+        description="the data version (content hash) the shipped stage recorded; another one means the "
+        "generator has changed since that stage ran",
+    )
+
+    @property
+    def folder_name(self) -> str:
+        return f"synth-{self.seed}-{self.photos}" + (f"-{self.size}" if self.size else "")
+
+    def command(self, folder: Path) -> str:
+        size = f" --size {self.size}" if self.size else ""
+        return f"loupe data synth --out {folder} --photos {self.photos} --seed {self.seed}{size}"
+
+
+class Stage(BaseModel):
+    """One step of a lineage. ``train``: the recipe with ``set`` merged in, on ``data``, from the previous
+    stage (the first starts from ImageNet). ``calibrate``: the previous stage's weights, calibration and
+    thresholds fitted again on ``data`` with the scoring settings of that recipe (``loupe calibrate``).
+    ``decode``: the previous stage with its bundle's ``set`` changed (a detector's decoding only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, description="the bundle's version, and its folder's name")
+    make: Literal["train", "calibrate", "decode"]
+    data: SynthPO | None = None
+    set: dict[str, Any] = Field(
+        default_factory=dict, description="what differs from the recipe (nested, as in its YAML)"
+    )
+    note: str = Field("", description="what the stage did then that today's code does not repeat")
+
+    @model_validator(mode="after")
+    def _check(self) -> Stage:
+        if (self.data is None) != (self.make == "decode"):
+            raise ValueError(f"stage {self.version}: {self.make} stages need data and decode stages none")
+        if self.make == "decode":
+            bad = set(self.set) - {"detector"}
+            if bad or not self.set:
+                raise ValueError(
+                    f"stage {self.version}: a decode stage sets only `detector:` (how boxes are read), "
+                    f"got {sorted(self.set) or 'nothing'}"
+                )
+            DetectorSettings.model_validate(self.set["detector"])  # a typo fails at load time
+        return self
+
+
+class Lineage(BaseModel):
+    """The stages that made a shipped default, first to last (``configs/default_<task>.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Literal["classifier", "detector"]
+    recipe: str | None = Field(None, description="the recipe every stage starts from (default train_<task>)")
+    stages: list[Stage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Lineage:
+        if self.stages[0].make != "train":
+            raise ValueError(f"the first stage ({self.stages[0].version}) must train: nothing precedes it")
+        versions = [s.version for s in self.stages]
+        if len(set(versions)) != len(versions):
+            raise ValueError(f"stage versions must be unique (they name the folders), got {versions}")
+        if self.task != "detector" and any(s.make == "decode" for s in self.stages):
+            raise ValueError("decode stages change a detector's decoding; a classifier has none")
+        for stage in self.stages:
+            if stage.make != "decode":
+                self.recipe_for(stage)  # a wrong key or value in `set` fails here, at load time
+        return self
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe or DEFAULT_CONFIGS[self.task]
+
+    def recipe_for(self, stage: Stage) -> TrainConfig:
+        """The recipe ``stage`` ran with: the lineage's recipe with the stage's ``set`` merged in."""
+        base = load_train_config(self.recipe_name, self.task).model_dump(mode="json")
+        return TrainConfig.model_validate(merged(base, stage.set))
+
+    def index(self, version: str) -> int:
+        for i, stage in enumerate(self.stages):
+            if stage.version == version:
+                return i
+        versions = [s.version for s in self.stages]
+        raise ValueError(f"no stage {version!r} in this lineage: its stages are {versions}")
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in: nested mappings key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_lineage(name_or_path: str | Path) -> Lineage:
+    """Load and check a lineage (``default_classifier`` or a path)."""
+    from configs import load_config
+
+    return load_config(name_or_path, Lineage)
+
+
+def describe(lineage: Lineage, out: Path, data_root: Path) -> list[str]:
+    """One line per stage: what it makes from what, on which photos, with which recipe changes."""
+    lines = []
+    previous = "ImageNet"
+    for stage in lineage.stages:
+        verb = {"train": "train from", "calibrate": "recalibrate", "decode": "change the decoding of"}
+        line = f"{stage.version}: {verb[stage.make]} {previous}"
+        if stage.data is not None:
+            line += f" on `{stage.data.command(data_root / stage.data.folder_name)}`"
+        if stage.set:
+            line += f"; {'the bundle' if stage.make == 'decode' else lineage.recipe_name} with {stage.set}"
+        lines.append(f"{line} -> {out / stage.version / 'bundle'}")
+        previous = stage.version
+    return lines
+
+
+def synth_po(po: SynthPO, data_root: Path, log: Callable[[str], None] = print) -> Path:
+    """The stage's generated PO, made once under ``data_root`` and reused after that."""
+    from configs import dump_config
+    from datasets.synth import generate_po, load_synth_config, parse_size
+
+    folder = data_root / po.folder_name
+    if (folder / "annotations.json").is_file():
+        log(f"photos: {folder} (already generated)")
+        return folder
+    log(f"photos: {po.command(folder)}")
+    config = load_synth_config()
+    generate_po(folder, po.photos, po.seed, parse_size(po.size) if po.size else None, config)
+    dump_config(config, folder / "synth.yaml")
+    return folder
+
+
+def redecode(source: Path, out: Path, detector: dict[str, Any], version: str) -> Path:
+    """``source`` with its detector decoding changed (weights, calibration, thresholds as they were)."""
+    import torch
+
+    from models.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+
+    bundle = load_bundle(source)
+    config = merged(bundle.config, {"detector": detector})
+    DetectorSettings.model_validate(config["detector"])
+    card = (
+        f"# {bundle.name} {version}\n\n{bundle.name} {version} is version {bundle.version} (weights, "
+        f"calibration and thresholds unchanged) decoding its boxes with {detector}.\n\n{bundle.card}"
+    )
+    bundle = bundle.model_copy(update={"config": config, "version": version, "card": card})
+    weights = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return save_bundle(bundle, weights, out, half=bundle.weights_dtype == "float16")
+
+
+def reproduce(
+    lineage: Lineage,
+    out: Path,
+    data_root: Path,
+    start_at: str | None = None,
+    start: str | None = None,
+    track: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run ``lineage`` into ``out/<version>/bundle``, one stage after another; returns the last bundle.
+
+    ``start_at`` begins at that stage, from ``start`` (a model ref: the bundle the stage before it
+    made) or else from that bundle in ``out``. The last bundle is exported to ONNX, as shipped.
+    """
+    from configs import dump_config
+    from datasets.manifest import build_manifest
+    from models.bundle import BUNDLE_FILE, ONNX_FILE
+    from training.engine import CHECKPOINTS, LAST, train
+    from training.export import export_model
+    from training.validate import _resolve, recalibrate
+
+    first = lineage.index(start_at) if start_at else 0
+    previous: Path | None = None
+    if first > 0:
+        before = lineage.stages[first - 1].version
+        previous = _resolve(start, lineage.task) if start else out / before / "bundle"
+        if not (previous / BUNDLE_FILE).is_file():
+            raise FileNotFoundError(
+                f"{previous}: stage {start_at} starts from stage {before}'s bundle, which is not there; "
+                f"pass --start with that model, or run the lineage from its first stage"
+            )
+    elif start:
+        raise ValueError(
+            f"stage {lineage.stages[0].version} starts from ImageNet: --start names the model that a "
+            f"later stage (--start-at) starts from"
+        )
+    for stage in lineage.stages[first:]:
+        folder = out / stage.version
+        bundle = folder / "bundle"
+        if (bundle / BUNDLE_FILE).is_file():
+            log(f"== {stage.version}: done already ({bundle})")
+            previous = bundle
+            continue
+        log(f"== {stage.version}: {stage.make}" + (f" ({stage.note})" if stage.note else ""))
+        photos = synth_po(stage.data, data_root, log) if stage.data else None
+        if stage.make == "decode":
+            redecode(previous, bundle, stage.set["detector"], stage.version)
+        else:
+            config = lineage.recipe_for(stage)
+            recipe = dump_config(config, folder / RECIPE_FILE)
+            if stage.make == "train":
+                cut_off = (folder / CHECKPOINTS / LAST).is_file()
+                train(
+                    lineage.task, config, photos,
+                    from_ref=str(previous) if previous else None, resume=folder if cut_off else None,
+                    out=folder, config_file=recipe, track=track, log=log,
+                )  # fmt: skip
+            else:
+                recalibrate(
+                    str(previous), photos, bundle, task=lineage.task, recipe=str(recipe),
+                    version=stage.version, track=track, log=log,
+                )  # fmt: skip
+        if stage.data is not None and stage.data.version:
+            got = build_manifest(photos).version
+            if got == stage.data.version:
+                log(f"data version {got}, as the shipped stage's")
+            else:
+                log(
+                    f"data version {got} differs from the shipped stage's {stage.data.version}: the "
+                    "generator has changed since that stage ran, so its photos are not the same"
+                )
+        previous = bundle
+    onnx = previous / ONNX_FILE  # save_bundle removes a stale one, so one that is there is current
+    log(f"ONNX: {onnx if onnx.is_file() else export_model(str(previous), lineage.task)}")
+    return previous
