@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from datasets.synth.config import parse_size
 from training.config import DEFAULT_CONFIGS, DetectorSettings, TrainConfig, load_train_config
 
 DEFAULT_LINEAGES = {"classifier": "default_classifier.yaml", "detector": "default_detector.yaml"}
@@ -39,6 +40,13 @@ class SynthPO(BaseModel):
         description="the data version (content hash) the shipped stage recorded; another one means the "
         "generator has changed since that stage ran",
     )
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, size: str | None) -> str | None:
+        if size is not None:
+            parse_size(size)  # a typo fails at load time
+        return size
 
     @property
     def folder_name(self) -> str:
@@ -157,7 +165,7 @@ def describe(lineage: Lineage, out: Path, data_root: Path) -> list[str]:
 def synth_po(po: SynthPO, data_root: Path, log: Callable[[str], None] = print) -> Path:
     """The stage's generated PO, made once under ``data_root`` and reused after that."""
     from configs import dump_config
-    from datasets.synth import generate_po, load_synth_config, parse_size
+    from datasets.synth import generate_po, load_synth_config
 
     folder = data_root / po.folder_name
     if (folder / "annotations.json").is_file():
