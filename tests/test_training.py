@@ -610,6 +610,8 @@ def test_a_photo_labelled_with_a_family_no_box_locates_has_no_tile_known_clean()
 
 
 def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po, data_dir):
+    import torch
+
     from datasets.coco import annotations_by_image
     from datasets.reader import read_dataset
     from models.photo import as_prep
@@ -650,6 +652,15 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     on_train = int(line.split("): ")[1].split(" on train")[0])
     # one look-alike crop per mined tile (lookalike_crops: 1), beside the generator's named look-alikes
     assert on_train > 0 and lookalikes(tuned) >= on_train and lookalikes(tuned) > lookalikes(plain)
+    # The same seeded fine-tune again reads its mined tiles back instead of scoring the photos, and
+    # still ends at the same weights: what ran before the first step (mining builds a network, whose
+    # random init draws from torch's generator) does not change the dropout masks it trains with.
+    again: list[str] = []
+    train("classifier", _config("classifier", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
+          out=data_dir / "mined-again", track=False, log=again.append)  # fmt: skip
+    assert any("read back from" in li for li in again)
+    first, second = (torch.load(data_dir / d / "bundle" / "weights.pt") for d in ("mined", "mined-again"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
     # Without a starting model there is nothing to mine.
     scratch: list[str] = []
     train("classifier", _config("classifier", epochs=1, cache=cache), po, out=data_dir / "s", track=False,

@@ -408,7 +408,6 @@ def train(
     if config.device == "auto" or config.device == "cpu":
         torch.set_num_threads(config.num_threads)
     device = pick_device(config.device)
-    seed_everything(config.seed)
 
     from_bundle = load_bundle(resolve_model_ref(from_ref, task)) if from_ref else None
     prep = config.prep
@@ -441,6 +440,10 @@ def train(
         f"val {val_cache.summary()}"
     )
 
+    # Seeded here, not at the start: mining builds the starting model (its random init draws from torch's
+    # generator) only when its false flags are not cached yet, and the dropout masks must not depend on
+    # that. A seeded fine-tune mining afresh trained other weights than the same run reading them back.
+    seed_everything(config.seed)
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
     loop_kwargs = task_loop_kwargs(config, model, from_bundle, families, device, log)
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
