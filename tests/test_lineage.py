@@ -68,6 +68,10 @@ def test_a_lineage_with_a_typo_fails_at_load_time_naming_the_field(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="a decode stage sets only `detector:`"):
         load_lineage(path)
+    bad["stages"] = [{"version": "1", "make": "train"}]
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="a train stage needs `data:"):
+        load_lineage(path)
     bad["stages"] = [{"version": "1", "make": "train", "data": {"seed": 1, "photos": 10, "size": "2000"}}]
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="is not WIDTHxHEIGHT"):

@@ -75,8 +75,10 @@ class Stage(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Stage:
-        if (self.data is None) != (self.make == "decode"):
-            raise ValueError(f"stage {self.version}: {self.make} stages need data and decode stages none")
+        if self.make == "decode" and self.data is not None:
+            raise ValueError(f"stage {self.version}: a decode stage reads no photos; remove its `data:`")
+        if self.make != "decode" and self.data is None:
+            raise ValueError(f"stage {self.version}: a {self.make} stage needs `data: {{seed, photos}}`")
         if self.make == "decode":
             bad = set(self.set) - {"detector"}
             if bad or not self.set:
