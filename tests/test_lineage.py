@@ -6,6 +6,8 @@ lineage with every kind of stage runs end to end on a dozen generated 400x320 ph
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -169,8 +171,6 @@ def test_reproduce_runs_every_kind_of_stage_keeps_what_is_done_and_resumes_a_cut
     assert {v: (rep / v / "bundle" / "weights.pt").stat().st_mtime_ns for v in bundles} == stamps
 
     # a training stage cut off after its checkpoints were written resumes from them
-    import shutil
-
     shutil.rmtree(rep / "2" / "bundle")
     resumed = runner.invoke(app, args)
     assert resumed.exit_code == 0, resumed.output
