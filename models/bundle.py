@@ -40,6 +40,7 @@ __all__ = [
     "ModelFileError",
     "load_bundle",
     "save_bundle",
+    "save_bundle_from",
 ]
 
 
@@ -227,6 +228,21 @@ def save_bundle(
     _atomic_write_bytes(folder / CARD_FILE, lambda p: p.write_text(bundle.card, encoding="utf-8"))
     (folder / ONNX_FILE).unlink(missing_ok=True)
     return folder
+
+
+def save_bundle_from(source: str | Path, bundle: ModelBundle, out: str | Path) -> Path:
+    """``bundle``, a changed copy of the one in ``source`` (recalibrated, decoding otherwise), written to
+    ``out`` with ``source``'s weights in their stored precision and its patch memory, if it has one."""
+    import shutil
+
+    import torch
+
+    source, out = Path(source), Path(out)
+    weights = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    save_bundle(bundle, weights, out, half=bundle.weights_dtype == "float16")
+    if bundle.memory:
+        shutil.copy2(source / MEMORY_FILE, out / MEMORY_FILE)
+    return out
 
 
 def load_bundle(folder: str | Path) -> ModelBundle:

@@ -182,9 +182,7 @@ def synth_po(po: SynthPO, data_root: Path, log: Callable[[str], None] = print) -
 
 def redecode(source: Path, out: Path, detector: dict[str, Any], version: str) -> Path:
     """``source`` with its detector decoding changed (weights, calibration, thresholds as they were)."""
-    import torch
-
-    from models.bundle import WEIGHTS_FILE, load_bundle, save_bundle
+    from models.bundle import load_bundle, save_bundle_from
 
     bundle = load_bundle(source)
     config = merged(bundle.config, {"detector": detector})
@@ -194,8 +192,7 @@ def redecode(source: Path, out: Path, detector: dict[str, Any], version: str) ->
         f"calibration and thresholds unchanged) decoding its boxes with {detector}.\n\n{bundle.card}"
     )
     bundle = bundle.model_copy(update={"config": config, "version": version, "card": card})
-    weights = torch.load(source / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    return save_bundle(bundle, weights, out, half=bundle.weights_dtype == "float16")
+    return save_bundle_from(source, bundle, out)
 
 
 def reproduce(

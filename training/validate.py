@@ -156,12 +156,7 @@ def recalibrate(
     (``detector``); without it the bundle's own are kept. Use it to set a model's thresholds on a
     buyer's own labelled photos, or at another target recall, without training it again.
     """
-    import shutil
-
-    import torch
-
-    from models.bundle import WEIGHTS_FILE, save_bundle
-    from models.memory import MEMORY_FILE
+    from models.bundle import save_bundle_from
     from models.predictor import load_predictor
     from training.calibrate import recipe_fit
     from training.card import recalibration_card
@@ -200,10 +195,7 @@ def recalibrate(
     command = command or f"loupe calibrate --model {model_ref} --data {data} --out {out}"
     card = recalibration_card(bundle, report, fitted_on, recipe, command)
     bundle = bundle.model_copy(update={"metrics": _jsonable(metrics), "card": card})
-    weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    save_bundle(bundle, weights, out, half=bundle.weights_dtype == "float16")
-    if bundle.memory:
-        shutil.copy2(folder / MEMORY_FILE, out / MEMORY_FILE)
+    save_bundle_from(folder, bundle, out)
     if track:
         from training import tracking
 
