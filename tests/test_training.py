@@ -260,7 +260,8 @@ def test_calibrate_refits_a_models_thresholds_at_a_recipes_targets_and_leaves_th
     assert again.exit_code == 2 and "own folder" in again.output
 
 
-def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po, data_dir):
+@pytest.mark.parametrize("task", ["classifier", "detector"])
+def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po, data_dir, task):
     import torch
 
     from models.bundle import load_bundle
@@ -268,8 +269,8 @@ def test_a_recipe_with_augmentation_trains_the_same_model_twice_from_one_seed(po
     from training.engine import train
 
     def weights(name: str, seed: int) -> dict:
-        config = _config("classifier", epochs=1, augment="augment_finetune", seed=seed)
-        result = train("classifier", config, po, out=data_dir / name, track=False, log=lambda m: None)
+        config = _config(task, epochs=1, augment="augment_finetune", seed=seed)
+        result = train(task, config, po, out=data_dir / name, track=False, log=lambda m: None)
         return read_state_dict(load_bundle(result.bundle_dir).weights_path)
 
     first, again, other = weights("a", 0), weights("b", 0), weights("c", 1)
