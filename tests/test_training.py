@@ -617,6 +617,7 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     from datasets.reader import read_dataset
     from models.photo import as_prep
     from models.predictor import load_predictor
+    from models.pretrained import read_state_dict
     from training.data import load_working_photo, photo_boxes_work
     from training.engine import train
     from training.mining import clean_tiles, mine_false_flags
@@ -660,7 +661,9 @@ def test_a_fine_tune_mines_its_starting_models_false_flags_as_hard_negatives(po,
     train("classifier", _config("classifier", epochs=1, cache=cache), po, from_ref=str(source.bundle_dir),
           out=data_dir / "mined-again", track=False, log=again.append)  # fmt: skip
     assert any("read back from" in li for li in again)
-    first, second = (torch.load(data_dir / d / "bundle" / "weights.pt") for d in ("mined", "mined-again"))
+    first, second = (
+        read_state_dict(data_dir / run / "bundle" / "weights.pt") for run in ("mined", "mined-again")
+    )
     assert all(torch.equal(first[k], second[k]) for k in first)
     # Without a starting model there is nothing to mine.
     scratch: list[str] = []
