@@ -116,22 +116,13 @@ FAULTS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, 
 }
 
 
-def _subset(coco: dict, photos: int | None) -> dict:
-    images = sorted(coco["images"], key=lambda im: im["id"])[:photos]
-    keep = {im["id"] for im in images}
-    return {
-        **coco,
-        "images": images,
-        "annotations": [a for a in coco["annotations"] if a["image_id"] in keep],
-    }
-
-
 def make_faulty_sets(data: Path, faults: list[str], photos: int | None, seed: int = 0) -> dict[str, Path]:
     """Each fault's copy of the PO (cached): the same annotations, boxes scaled where the photo is."""
     from datasets.reader import read_dataset
+    from training.evaluate import restricted
 
     dataset = read_dataset(data)
-    coco = _subset(dataset.coco, photos)
+    coco = restricted(dataset.coco, sorted(im["id"] for im in dataset.coco["images"])[:photos])
     key = f"{data.resolve().name}-{len(coco['images'])}"
     folders = {f: CACHE / key / f for f in faults}
     todo = [f for f in faults if not (folders[f] / "annotations.json").exists()]
