@@ -118,6 +118,7 @@ FAULTS: dict[str, Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, 
 
 def make_faulty_sets(data: Path, faults: list[str], photos: int | None, seed: int = 0) -> dict[str, Path]:
     """Each fault's copy of the PO (cached): the same annotations, boxes scaled where the photo is."""
+    from cv.decode import decode_photo
     from datasets.reader import read_dataset
     from training.evaluate import restricted
 
@@ -135,8 +136,7 @@ def make_faulty_sets(data: Path, faults: list[str], photos: int | None, seed: in
     outs = {f: copy.deepcopy(coco) for f in todo}
     t0 = time.perf_counter()
     for n, image in enumerate(coco["images"]):
-        bgr = cv2.imread(str(dataset.image_path(image)), cv2.IMREAD_COLOR)
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        rgb = decode_photo(dataset.image_path(image)).rgb  # upright, as the boxes are
         for f in todo:
             rng = np.random.default_rng([seed, int(image["id"]), list(FAULTS).index(f)])
             out, quality = FAULTS[f](rgb, rng)
@@ -208,7 +208,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=None, help="the PO's first N photos only")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not (args.data / "annotations.json").exists() and not args.data.is_dir():
+    if not args.data.is_dir():
         sys.exit(
             f"{args.data}: no such dataset. The default PO is made by "
             "`loupe data synth --out data/test-synth --photos 200 --seed 9001`"
