@@ -4,8 +4,8 @@ Real photos reach Loupe through phones and messaging apps, shot by inspectors in
 benchmark takes one PO (a dataset `datasets/` reads; the held-out synthetic test PO by default) and
 re-takes every photo under one fault at a time, at a strength an inspector would still send:
 
-  messenger    sent through a messaging app: long side 1600 px, JPEG quality 70 (what WhatsApp's
-               standard quality does to a 12 MP photo, approximately)
+  messenger    sent through a messaging app: long side 1600 px, JPEG quality 70 (about what such
+               apps' standard quality does to a 12 MP photo)
   jpeg40       re-saved at JPEG quality 40, full size (a report tool's or an upload form's squeeze)
   defocus      missed focus: Gaussian blur of sigma 2.5 px per 4000 px of long side
   shake        hand shake: a 12-px motion streak per 4000 px of long side, in a random direction
@@ -17,13 +17,13 @@ re-takes every photo under one fault at a time, at a strength an inspector would
                8 px, a 36-px streak, 8 % of the light
 
 The clean photos are the baseline, run in the same call. For each fault it prints, for the default
-classifier (or ``--model``): per-family photo AUROC at the model's calibration and its difference
-from the clean photos with a 95 % paired-bootstrap interval (the same photos, so the interval is
-about the fault, not the draw of photos), recall and false-flag rate at the model's flag thresholds,
-and what the photo-quality gate (configs/quality.yaml) says of the faulty photos: whether it asks for
-a retake where the model loses. ``--detector`` adds the detector's mAP@0.5 under each fault.
+classifier (or ``--model``): per-family photo AUROC and the mean's difference from the clean photos
+with a 95 % paired-bootstrap interval (the same photos, so the interval is about the fault, not the
+draw of photos), recall and false-flag rate at the model's flag thresholds, and what the
+photo-quality gate (configs/quality.yaml) says of the faulty photos: whether it asks for a retake
+where the model loses. ``--detector`` adds the detector's mAP@0.5 under each fault.
 
-The faulty copies are cached under benchmarks/.cache/robustness/ (delete it to re-make them).
+The faulty copies are cached under benchmarks/.cache/robustness/ (delete it after changing a fault).
 
     .venv/bin/python benchmarks/bench_robustness.py [--data data/test-synth] [--model default]
         [--detector default] [--faults messenger defocus ...] [--photos N] [--threads 2]
