@@ -47,6 +47,7 @@ class _Check:
 
 CHECKS: dict[str, _Check] = {
     "blur": _Check("blurred", "sharpness", True, "check the defect area is sharp", fmt=".1f"),
+    "noise": _Check("noisy", "chroma noise", False, "use more light or a lower ISO", fmt=".1f"),
     "underexposure": _Check("too dark", "highlight brightness", True, "use more light if you can"),
     "overexposure": _Check("overexposed", "% clipped white", False, "lower the exposure", fmt=".1f"),
     "glare": _Check(
@@ -84,6 +85,7 @@ class QualityConfig(BaseModel):
     blur_block: int = Field(96, ge=16, description="blur is scored per block of this many analysis px")
     blur_percentile: float = Field(90, ge=0, le=100, description="the block score that counts as the photo's")
     blur: Limit = Limit(warn=4, retake=2)
+    noise: Limit = Limit(warn=2.5)
     underexposure: Limit = Limit(warn=60, retake=25)
     overexposure: Limit = Limit(warn=10, retake=25)
     glare: Limit = Limit(warn=0.5, retake=3.0)
@@ -200,20 +202,45 @@ def _sharpness(gray: np.ndarray, config: QualityConfig) -> float:
     return float(np.percentile(ratio, config.blur_percentile))
 
 
+_SECOND_DIFFERENCE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def _chroma_noise(planes: tuple[np.ndarray, ...], block: int) -> float:
+    """Sensor noise left in the photo: Immerkaer's estimate (the mean absolute response to a kernel
+    that cancels smooth shading, scaled to a Gaussian sigma in grey levels) of the Cr and Cb planes,
+    summed, each taken at the 25th percentile of blocks of ~``block`` px.
+
+    - Chroma, not luma: fabric texture and print are mostly luma detail, while a sensor's noise is
+      in every channel on its own. On the generator's test PO at 8 % of the light (bench_robustness)
+      it tells noisy from clean photos at AUROC 0.985; luma alone 0.93.
+    - The quiet quarter of the blocks counts, so a multicoloured print in one corner does not.
+    """
+    total = 0.0
+    for plane in planes:
+        response = cv2.filter2D(plane, cv2.CV_32F, _SECOND_DIFFERENCE)[1:-1, 1:-1]
+        h, w = response.shape
+        grid = (max(1, round(w / block)), max(1, round(h / block)))
+        blocks = cv2.resize(np.abs(response), grid, interpolation=cv2.INTER_AREA)
+        total += float(np.percentile(blocks, 25) * np.sqrt(np.pi / 2) / 6)
+    return total
+
+
 def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None], int]:
     """Every check's score (except ``duplicate``, which needs the PO) and the photo's perceptual hash."""
     size = _analysis_size(photo.rgb, config.analysis_long_side)
     shrinking = size[0] < photo.rgb.shape[1]
-    # Luma is resized with INTER_AREA (a true average, so the blur score is scale-normalised) and
-    # one channel only, which is 3x cheaper than resizing RGB; colour checks use a nearest-neighbour
-    # sample, which keeps exact colours for the screenshot check.
-    gray = cv2.resize(
-        cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2GRAY),
+    # Luma and chroma are resized with INTER_AREA (a true average, so the blur and noise scores are
+    # scale-normalised); colour checks use a nearest-neighbour sample, which keeps exact colours for
+    # the screenshot check. YCrCb's Y is OpenCV's grey (the same weights).
+    ycc = cv2.resize(
+        cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2YCrCb),
         size,
         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
     )
+    gray, cr, cb = cv2.split(ycc)
     rgb = cv2.resize(photo.rgb, size, interpolation=cv2.INTER_NEAREST)
     sharpness = _sharpness(gray, config)
+    noise = _chroma_noise((cr, cb), config.blur_block)
     _, std = cv2.meanStdDev(gray)
     # Brightness of the highlights (95th percentile of luma), not the mean: a navy garment that
     # fills the frame is dark but correctly exposed; an underexposed photo has dark highlights too.
@@ -243,6 +270,7 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
         screenshot_pct = 100.0 * float(np.sort(counts)[-8:].sum()) / len(packed)
     scores: dict[str, float | None] = {
         "blur": round(sharpness, 2),
+        "noise": round(noise, 2),
         "underexposure": highlights,
         "overexposure": round(clipped_pct, 2),
         "glare": round(glare_pct, 2),

@@ -54,6 +54,7 @@ def test_good_photo_is_usable(config):
     assert report.reasons == []
     assert set(report.checks) == {
         "blur",
+        "noise",
         "underexposure",
         "overexposure",
         "glare",
@@ -102,6 +103,29 @@ def test_small_photo(config):
     assert any("too small: shorter side px 480 < 720" in r for r in report.reasons)
     mid = assess_photo(photo(fabric(), original=(1600, 1200)), config)
     assert mid.verdict == "warn" and mid.outcomes["resolution"] == "warn"
+
+
+def test_noisy_photo_warns_and_a_colourful_print_does_not(tmp_path, config):
+    """A 12 MP photo at high gain (independent noise in each channel) warns as noisy through the real
+    decode; the same scene with a many-coloured print across a third of it stays usable."""
+    rng = np.random.default_rng(1)
+    clean = fabric(3000, 4000)
+    noisy = np.clip(clean + rng.normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    printed = clean.copy()
+    for y in range(0, 1000, 25):  # a striped multicolour print over the top third
+        printed[y : y + 12] = rng.integers(0, 256, 3)
+    scores = {}
+    for name, img in (("clean", clean), ("noisy", noisy), ("printed", printed)):
+        path = tmp_path / f"{name}.jpg"
+        cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        report = assess_file(path, config)
+        scores[name] = report.checks["noise"]
+        if name == "noisy":
+            assert report.outcomes["noise"] == "warn" and report.verdict == "warn", report.reasons
+            assert any(r.startswith("noisy: chroma noise") and "use more light" in r for r in report.reasons)
+        else:
+            assert report.outcomes["noise"] == "usable", (name, scores)
+    assert scores["noisy"] > 2 * scores["clean"], scores
 
 
 def test_blank_frame(config):
