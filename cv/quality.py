@@ -231,7 +231,7 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
     shrinking = size[0] < photo.rgb.shape[1]
     # Luma and chroma are resized with INTER_AREA (a true average, so the blur and noise scores are
     # scale-normalised); colour checks use a nearest-neighbour sample, which keeps exact colours for
-    # the screenshot check. YCrCb's Y is OpenCV's grey (the same weights).
+    # the screenshot check. YCrCb's Y is OpenCV's grey (same weights; rounding moves a few pixels by 1).
     ycc = cv2.resize(
         cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2YCrCb),
         size,
