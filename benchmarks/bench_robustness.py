@@ -146,7 +146,7 @@ def make_faulty_sets(data: Path, faults: list[str], photos: int | None, seed: in
                 cv2.cvtColor(out, cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_JPEG_QUALITY, quality],
             )
-            _rescale(outs[f], image["id"], f"images/{name}", out.shape[1], out.shape[0])
+            _rescale(outs[f], outs[f]["images"][n], f"images/{name}", out.shape[1], out.shape[0])
         if (n + 1) % 50 == 0:
             print(f"  faulty copies: {n + 1}/{len(coco['images'])} photos ({time.perf_counter() - t0:.0f} s)")
     for f in todo:
@@ -156,14 +156,14 @@ def make_faulty_sets(data: Path, faults: list[str], photos: int | None, seed: in
     return folders
 
 
-def _rescale(coco: dict, image_id: int, file_name: str, width: int, height: int) -> None:
-    image = next(im for im in coco["images"] if im["id"] == image_id)
+def _rescale(coco: dict, image: dict, file_name: str, width: int, height: int) -> None:
+    """Point ``image`` (one of ``coco``'s) at its faulty copy and scale its boxes to the copy's size."""
     sx, sy = width / image["width"], height / image["height"]
     image.update(file_name=file_name, width=width, height=height)
     if sx == 1 and sy == 1:
         return
     for a in coco["annotations"]:
-        if a["image_id"] == image_id:
+        if a["image_id"] == image["id"]:
             x, y, w, h = a["bbox"]
             a["bbox"] = [x * sx, y * sy, w * sx, h * sy]
             a["area"] = a["bbox"][2] * a["bbox"][3]

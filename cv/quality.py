@@ -175,6 +175,12 @@ def _analysis_size(rgb: np.ndarray, long_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def _block_grid(shape: tuple[int, ...], block: int) -> tuple[int, int]:
+    """The (columns, rows) of ~``block``-px blocks an image of ``shape`` divides into (cv2 size order)."""
+    h, w = shape[:2]
+    return max(1, round(w / block)), max(1, round(h / block))
+
+
 def _sharpness(gray: np.ndarray, config: QualityConfig) -> float:
     """Fine detail relative to contrast: per block of ~``blur_block`` px, 100 x the variance of the
     Laplacian of Gaussian over the variance of luma, scored at a high percentile of the blocks.
@@ -189,8 +195,7 @@ def _sharpness(gray: np.ndarray, config: QualityConfig) -> float:
     g = gray.astype(np.float32)
     smooth = cv2.GaussianBlur(g, (0, 0), config.blur_sigma) if config.blur_sigma > 0 else g
     lap = cv2.Laplacian(smooth, cv2.CV_32F)
-    h, w = g.shape
-    grid = (max(1, round(w / config.blur_block)), max(1, round(h / config.blur_block)))
+    grid = _block_grid(g.shape, config.blur_block)
 
     def block_var(x: np.ndarray) -> np.ndarray:
         # Block means of x and x^2 by area resampling: exact block averages, no Python loop.
@@ -218,8 +223,7 @@ def _chroma_noise(planes: tuple[np.ndarray, ...], block: int) -> float:
     total = 0.0
     for plane in planes:
         response = cv2.filter2D(plane, cv2.CV_32F, _SECOND_DIFFERENCE)[1:-1, 1:-1]
-        h, w = response.shape
-        grid = (max(1, round(w / block)), max(1, round(h / block)))
+        grid = _block_grid(response.shape, block)
         blocks = cv2.resize(np.abs(response), grid, interpolation=cv2.INTER_AREA)
         total += float(np.percentile(blocks, 25) * np.sqrt(np.pi / 2) / 6)
     return total
