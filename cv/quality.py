@@ -10,6 +10,7 @@ Verdict per photo: usable / warn / retake (the worst of its checks).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +49,7 @@ class _Check:
 CHECKS: dict[str, _Check] = {
     "blur": _Check("blurred", "sharpness", True, "check the defect area is sharp", fmt=".1f"),
     "noise": _Check("noisy", "chroma noise", False, "use more light or a lower ISO", fmt=".1f"),
+    "shake": _Check("shaken", "steadiness", True, "hold the phone steady or brace it", fmt=".2f"),
     "underexposure": _Check("too dark", "highlight brightness", True, "use more light if you can"),
     "overexposure": _Check("overexposed", "% clipped white", False, "lower the exposure", fmt=".1f"),
     "glare": _Check(
@@ -84,8 +86,13 @@ class QualityConfig(BaseModel):
     blur_sigma: float = Field(0.7, ge=0, le=3, description="Gaussian pre-smoothing before the Laplacian")
     blur_block: int = Field(96, ge=16, description="blur is scored per block of this many analysis px")
     blur_percentile: float = Field(90, ge=0, le=100, description="the block score that counts as the photo's")
+    shake_streak: int = Field(
+        7, ge=3, le=31, description="analysis px of the streak the shake check smears the photo with"
+    )
+    shake_directions: int = Field(8, ge=4, le=32, description="streak directions tried, over 180 degrees")
     blur: Limit = Limit(warn=4, retake=2)
     noise: Limit = Limit(warn=2.5)
+    shake: Limit = Limit(warn=0.58)
     underexposure: Limit = Limit(warn=60, retake=25)
     overexposure: Limit = Limit(warn=10, retake=25)
     glare: Limit = Limit(warn=0.5, retake=3.0)
@@ -229,6 +236,50 @@ def _chroma_noise(planes: tuple[np.ndarray, ...], block: int) -> float:
     return total
 
 
+@lru_cache(maxsize=4)
+def _streaks(length: int, directions: int) -> tuple[tuple[float, float, np.ndarray], ...]:
+    """(cos, sin, kernel) of a ``length``-px line kernel per direction, angles counter-clockwise
+    on screen (so the image-y component of the direction is -sin)."""
+    out = []
+    for deg in np.arange(directions) * 180.0 / directions:
+        kernel = np.zeros((length, length), np.float32)
+        kernel[length // 2, :] = 1.0
+        centre = (length / 2 - 0.5, length / 2 - 0.5)
+        kernel = cv2.warpAffine(kernel, cv2.getRotationMatrix2D(centre, float(deg), 1.0), (length, length))
+        out.append((float(np.cos(np.radians(deg))), float(np.sin(np.radians(deg))), kernel / kernel.sum()))
+    return tuple(out)
+
+
+def _steadiness(gray: np.ndarray, config: QualityConfig) -> float:
+    """Hand shake: smear the photo along each direction with a short streak and measure how much of
+    its detail along that direction the smear removes; the score is the least removed over the
+    most (1 = alike in every direction).
+
+    - A photo already streaked along one direction has little left to lose there, whatever its
+      texture, and loses as much as any other photo across the streak. Comparing each direction
+      with its own smeared copy, not with the other directions' detail, is what keeps a rib, a seam
+      or a weave that runs one way from reading as shake (their detail along the run is small but
+      just as sharp); comparing directions' detail (2026-12-06) did not separate them.
+    - A barcode is the exception: its bars have no detail along them at all. Warn only.
+    - Smearing the directional derivative equals differentiating the smeared photo (both are
+      convolutions), so each direction costs one filter.
+    """
+    g = gray.astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    m = config.shake_streak  # the border, where the smear reads padding
+    removed = []
+    for c, s, kernel in _streaks(config.shake_streak, config.shake_directions):
+        along = cv2.addWeighted(gx, c, gy, -s, 0.0)
+        before = cv2.norm(along[m:-m, m:-m], cv2.NORM_L1)
+        after = cv2.norm(cv2.filter2D(along, -1, kernel)[m:-m, m:-m], cv2.NORM_L1)
+        removed.append(1.0 - after / max(before, 1e-6))
+    most = max(removed)
+    # A photo with no detail to remove (blank, or blurred all over) has no direction to tell:
+    # the uniform and blur checks speak for it.
+    return min(removed) / most if most > 0.05 else 1.0
+
+
 def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None], int]:
     """Every check's score (except ``duplicate``, which needs the PO) and the photo's perceptual hash."""
     size = _analysis_size(photo.rgb, config.analysis_long_side)
@@ -245,6 +296,7 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
     rgb = cv2.resize(photo.rgb, size, interpolation=cv2.INTER_NEAREST)
     sharpness = _sharpness(gray, config)
     noise = _chroma_noise((cr, cb), config.blur_block)
+    steadiness = _steadiness(gray, config)
     _, std = cv2.meanStdDev(gray)
     # Brightness of the highlights (95th percentile of luma), not the mean: a navy garment that
     # fills the frame is dark but correctly exposed; an underexposed photo has dark highlights too.
@@ -275,6 +327,7 @@ def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None
     scores: dict[str, float | None] = {
         "blur": round(sharpness, 2),
         "noise": round(noise, 2),
+        "shake": round(steadiness, 3),
         "underexposure": highlights,
         "overexposure": round(clipped_pct, 2),
         "glare": round(glare_pct, 2),
