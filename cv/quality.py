@@ -250,6 +250,36 @@ def _streaks(length: int, directions: int) -> tuple[tuple[float, float, np.ndarr
     return tuple(out)
 
 
+def _least_over_most(gx: np.ndarray, gy: np.ndarray, config: QualityConfig, keep: np.ndarray | None) -> float:
+    """The share of the detail along each direction that a streak along it removes, least over
+    most, summed over the pixels ``keep`` marks (all when None)."""
+    m = config.shake_streak  # the border, where the smear reads padding
+    keep = None if keep is None else keep[m:-m, m:-m]
+    removed = []
+    for c, s, kernel in _streaks(config.shake_streak, config.shake_directions):
+        along = cv2.addWeighted(gx, c, gy, -s, 0.0)
+        before = cv2.norm(along[m:-m, m:-m], cv2.NORM_L1, keep)
+        after = cv2.norm(cv2.filter2D(along, -1, kernel)[m:-m, m:-m], cv2.NORM_L1, keep)
+        removed.append(1.0 - after / max(before, 1e-6))
+    most = max(removed)
+    # A photo with no detail to remove (blank, or blurred all over) has no direction to tell:
+    # the uniform and blur checks speak for it.
+    return min(removed) / most if most > 0.05 else 1.0
+
+
+def _outside_barcodes(gray: np.ndarray, margin: int) -> np.ndarray | None:
+    """A mask of the photo away from its barcodes (None when it has none): their bars have no
+    detail along them at all, which reads as a streak."""
+    found, corners = cv2.barcode.BarcodeDetector().detect(gray)
+    if not found or corners is None:
+        return None
+    keep = np.full(gray.shape, 255, np.uint8)
+    for quad in corners:
+        cv2.fillPoly(keep, [np.round(quad).astype(np.int32)], 0)
+    # The smear carries a barcode's edges this far out.
+    return cv2.erode(keep, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+
+
 def _steadiness(gray: np.ndarray, config: QualityConfig) -> float:
     """Hand shake: smear the photo along each direction with a short streak and measure how much of
     its detail along that direction the smear removes; the score is the least removed over the
@@ -260,24 +290,20 @@ def _steadiness(gray: np.ndarray, config: QualityConfig) -> float:
       with its own smeared copy, not with the other directions' detail, is what keeps a rib, a seam
       or a weave that runs one way from reading as shake (their detail along the run is small but
       just as sharp); comparing directions' detail (2026-12-06) did not separate them.
-    - A barcode is the exception: its bars have no detail along them at all. Warn only.
+    - A barcode is the exception: its bars have no detail along them at all, which reads as shake,
+      and across them so much that it can hide shake elsewhere. So barcodes are left out (OpenCV's
+      detector, ~7 ms). Kraft board or a brushed finish whose grain runs one way can still warn:
+      warn only.
     - Smearing the directional derivative equals differentiating the smeared photo (both are
       convolutions), so each direction costs one filter.
     """
     g = gray.astype(np.float32)
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
-    m = config.shake_streak  # the border, where the smear reads padding
-    removed = []
-    for c, s, kernel in _streaks(config.shake_streak, config.shake_directions):
-        along = cv2.addWeighted(gx, c, gy, -s, 0.0)
-        before = cv2.norm(along[m:-m, m:-m], cv2.NORM_L1)
-        after = cv2.norm(cv2.filter2D(along, -1, kernel)[m:-m, m:-m], cv2.NORM_L1)
-        removed.append(1.0 - after / max(before, 1e-6))
-    most = max(removed)
-    # A photo with no detail to remove (blank, or blurred all over) has no direction to tell:
-    # the uniform and blur checks speak for it.
-    return min(removed) / most if most > 0.05 else 1.0
+    keep = _outside_barcodes(gray, config.shake_streak)
+    if keep is not None and cv2.countNonZero(keep) < 0.25 * keep.size:
+        keep = None  # a barcode filling the frame leaves too little else to judge
+    return _least_over_most(gx, gy, config, keep)
 
 
 def measure(photo: Photo, config: QualityConfig) -> tuple[dict[str, float | None], int]:
