@@ -75,12 +75,10 @@ def defocus(rgb: np.ndarray, rng: np.random.Generator, sigma_px: float = 2.5) ->
 
 
 def shake(rgb: np.ndarray, rng: np.random.Generator, streak_px: float = 12) -> tuple[np.ndarray, int]:
+    from cv.quality import streak_kernel
+
     k = max(round(streak_px * max(rgb.shape[:2]) / REFERENCE_LONG_SIDE) | 1, 3)
-    kernel = np.zeros((k, k), np.float32)
-    kernel[k // 2, :] = 1.0
-    turn = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-    kernel = cv2.warpAffine(kernel, turn, (k, k))
-    return cv2.filter2D(rgb, -1, kernel / kernel.sum()), 92
+    return cv2.filter2D(rgb, -1, streak_kernel(k, float(rng.uniform(0, 180)))), 92
 
 
 def dim(rgb: np.ndarray, rng: np.random.Generator, light: float = 0.25) -> tuple[np.ndarray, int]:

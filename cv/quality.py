@@ -236,17 +236,24 @@ def _chroma_noise(planes: tuple[np.ndarray, ...], block: int) -> float:
     return total
 
 
+def streak_kernel(length: int, degrees: float) -> np.ndarray:
+    """A normalised ``length``-px line, turned ``degrees`` counter-clockwise on screen: filtered
+    with it, a photo looks as if the camera moved that far during the exposure."""
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0
+    turn = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), float(degrees), 1.0)
+    kernel = cv2.warpAffine(kernel, turn, (length, length))
+    return kernel / kernel.sum()
+
+
 @lru_cache(maxsize=4)
 def _streaks(length: int, directions: int) -> tuple[tuple[float, float, np.ndarray], ...]:
-    """(cos, sin, kernel) of a ``length``-px line kernel per direction, angles counter-clockwise
-    on screen (so the image-y component of the direction is -sin)."""
+    """(cos, sin, kernel) per direction over 180 degrees; the image-y component of a direction is
+    -sin, as the kernels turn counter-clockwise on screen."""
     out = []
-    for deg in np.arange(directions) * 180.0 / directions:
-        kernel = np.zeros((length, length), np.float32)
-        kernel[length // 2, :] = 1.0
-        centre = (length / 2 - 0.5, length / 2 - 0.5)
-        kernel = cv2.warpAffine(kernel, cv2.getRotationMatrix2D(centre, float(deg), 1.0), (length, length))
-        out.append((float(np.cos(np.radians(deg))), float(np.sin(np.radians(deg))), kernel / kernel.sum()))
+    for degrees in np.arange(directions) * 180.0 / directions:
+        t = np.radians(degrees)
+        out.append((float(np.cos(t)), float(np.sin(t)), streak_kernel(length, degrees)))
     return tuple(out)
 
 

@@ -17,6 +17,7 @@ from cv.quality import (
     hamming,
     load_quality_config,
     perceptual_hash,
+    streak_kernel,
 )
 
 
@@ -131,11 +132,7 @@ def test_noisy_photo_warns_and_a_colourful_print_does_not(tmp_path, config):
 
 def streak(img: np.ndarray, length: int, degrees: float) -> np.ndarray:
     """The photo as a hand that moved ``length`` px during the exposure took it."""
-    kernel = np.zeros((length, length), np.float32)
-    kernel[length // 2, :] = 1.0
-    turn = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), degrees, 1.0)
-    kernel = cv2.warpAffine(kernel, turn, (length, length))
-    return cv2.filter2D(img, -1, kernel / kernel.sum())
+    return cv2.filter2D(img, -1, streak_kernel(length, degrees))
 
 
 def with_barcode(img: np.ndarray, seed: int = 3) -> np.ndarray:
