@@ -299,8 +299,8 @@ def _steadiness(gray: np.ndarray, config: QualityConfig) -> float:
       just as sharp); comparing directions' detail (2026-12-06) did not separate them.
     - A barcode is the exception: its bars have no detail along them at all, which reads as shake,
       and across them so much that it can hide shake elsewhere. So barcodes are left out (OpenCV's
-      detector, ~7 ms). Kraft board or a brushed finish whose grain runs one way can still warn:
-      warn only.
+      detector, ~7 ms). Kraft board or a brushed finish whose grain runs one way can still warn,
+      and so can heavy denoising that leaves a straight seam on a smooth material: warn only.
     - Smearing the directional derivative equals differentiating the smeared photo (both are
       convolutions), so each direction costs one filter.
     """
