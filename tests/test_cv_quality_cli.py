@@ -70,6 +70,8 @@ def test_text_output_and_clean_exit_when_all_read(po):
     assert len(lines) == 2
     assert lines[0].split("\t")[1:3] == ["2000x1500", "usable"]
     assert "retake" in lines[1] and "blurred: sharpness" in lines[1]
+    # The summary tallies what the photos need, check by check.
+    assert result.stderr.strip().splitlines()[-1].startswith("2 photos: 1 usable, 1 retake; blurred 1")
 
 
 def test_missing_file_gets_its_own_line(po, tmp_path):
