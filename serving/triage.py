@@ -252,8 +252,11 @@ def check_models(settings: TriageSettings) -> dict[str, dict[str, float]]:
 
 
 def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dict[str, Any]:
-    """A PO's triage in numbers: photos by verdict and quality, and per family how many photos were
-    flagged or sent to review, the highest score and the photos that carry it."""
+    """A PO's triage in numbers: photos by verdict and quality, what the photos that are not usable
+    need (photos per quality check, by its label: "shaken", "too small", ...), and per family how
+    many photos were flagged or sent to review, the highest score and the photos that carry it."""
+    from cv.quality import CHECKS
+
     results = list(results)
     families = list(families)
     judged = [r for r in results if r.verdict != "error"]
@@ -264,7 +267,15 @@ def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dic
         "quality": {
             v: sum(r.quality.get("verdict") == v for r in judged) for v in ("usable", "warn", "retake")
         },
+        "quality_needs": {},
         "families": {},
+    }
+    needs = {name: 0 for name in CHECKS}
+    for r in judged:
+        for name, outcome in (r.quality_report.outcomes if r.quality_report is not None else {}).items():
+            needs[name] += outcome != "usable"
+    summary["quality_needs"] = {
+        CHECKS[name].label: n for name, n in sorted(needs.items(), key=lambda kv: -kv[1]) if n
     }
     for family in families:
         ranked = sorted(judged, key=lambda r: -r.scores.get(family, 0.0))

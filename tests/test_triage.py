@@ -190,6 +190,7 @@ def test_a_po_with_a_bad_file_and_a_duplicate_loses_nothing(classifier, tmp_path
     assert summary["verdicts"] == {"defect": 3, "review": 0, "pass": 0}
     assert summary["families"]["stitching"]["photos_flagged"] == 3
     assert summary["families"]["label"]["photos_flagged"] == 0
+    assert summary["quality_needs"].get("near-duplicate") == 1  # 02.jpg, and nothing for the errors
 
 
 def run_loupe(*args: str) -> subprocess.CompletedProcess:
