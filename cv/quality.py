@@ -9,6 +9,8 @@ Verdict per photo: usable / warn / retake (the worst of its checks).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -407,6 +409,15 @@ class DuplicateIndex:
     def add(self, name: str, phash: int) -> None:
         self._names.append(name)
         self._hashes.append(phash)
+
+
+def quality_needs(reports: Iterable[QualityReport]) -> dict[str, int]:
+    """What a PO's photos need: how many photos each check found wanting (warn or retake), by the
+    check's label ("shaken", "too small", ...), most first."""
+    wanting = Counter(
+        CHECKS[name].label for r in reports for name, outcome in r.outcomes.items() if outcome != "usable"
+    )
+    return dict(wanting.most_common())
 
 
 def check_duplicate(report: QualityReport, index: DuplicateIndex, config: QualityConfig) -> QualityReport:

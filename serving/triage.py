@@ -255,7 +255,7 @@ def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dic
     """A PO's triage in numbers: photos by verdict and quality, what the photos that are not usable
     need (photos per quality check, by its label: "shaken", "too small", ...), and per family how
     many photos were flagged or sent to review, the highest score and the photos that carry it."""
-    from cv.quality import CHECKS
+    from cv.quality import quality_needs
 
     results = list(results)
     families = list(families)
@@ -267,15 +267,8 @@ def summarise_po(results: Iterable[PhotoResult], families: Iterable[str]) -> dic
         "quality": {
             v: sum(r.quality.get("verdict") == v for r in judged) for v in ("usable", "warn", "retake")
         },
-        "quality_needs": {},
+        "quality_needs": quality_needs(r.quality_report for r in judged if r.quality_report is not None),
         "families": {},
-    }
-    needs = {name: 0 for name in CHECKS}
-    for r in judged:
-        for name, outcome in (r.quality_report.outcomes if r.quality_report is not None else {}).items():
-            needs[name] += outcome != "usable"
-    summary["quality_needs"] = {
-        CHECKS[name].label: n for name, n in sorted(needs.items(), key=lambda kv: -kv[1]) if n
     }
     for family in families:
         ranked = sorted(judged, key=lambda r: -r.scores.get(family, 0.0))

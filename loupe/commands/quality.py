@@ -29,7 +29,7 @@ def quality(
     import sys
 
     from configs import ConfigError
-    from cv.quality import CHECKS, DuplicateIndex, assess_file, check_duplicate, load_quality_config
+    from cv.quality import DuplicateIndex, assess_file, check_duplicate, load_quality_config, quality_needs
     from cv.stream import list_photos, map_photos
 
     try:
@@ -43,8 +43,7 @@ def quality(
         raise typer.Exit(2)
     index = DuplicateIndex()
     counts = {"usable": 0, "warn": 0, "retake": 0, "unreadable": 0}
-    # What the PO's photos need, by check: the inspector sees what to fix before leaving the factory.
-    faults = {name: 0 for name in CHECKS}
+    reports = []
     check = functools.partial(assess_file, config=cfg)
     for result in map_photos(photos, check, workers=min(workers, len(photos))):
         if not result.ok:
@@ -57,8 +56,7 @@ def quality(
             continue
         report = check_duplicate(result.value, index, cfg)
         counts[report.verdict] += 1
-        for name, outcome in report.outcomes.items():
-            faults[name] += outcome != "usable"
+        reports.append(report)
         if json_lines:
             typer.echo(json.dumps(report.to_dict(), ensure_ascii=False))
         else:
@@ -67,7 +65,8 @@ def quality(
                 f"{report.photo}\t{report.width}x{report.height}\t{report.verdict}\t{reasons}".rstrip()
             )
     summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
-    found = ", ".join(f"{CHECKS[k].label} {n}" for k, n in sorted(faults.items(), key=lambda kv: -kv[1]) if n)
-    print(f"{len(photos)} photos: {summary}" + (f"; {found}" if found else ""), file=sys.stderr)
+    # What the photos need, check by check: the inspector sees what to retake before leaving.
+    needs = ", ".join(f"{label} {n}" for label, n in quality_needs(reports).items())
+    print(f"{len(photos)} photos: {summary}" + (f"; {needs}" if needs else ""), file=sys.stderr)
     if counts["unreadable"]:
         raise typer.Exit(1)
