@@ -84,7 +84,7 @@ def run_triage(
 
 def _print_summary(summary: dict) -> None:
     v, q = summary["verdicts"], summary["quality"]
-    needs = ", ".join(f"{label} {n}" for label, n in summary.get("quality_needs", {}).items())
+    needs = ", ".join(f"{label} {n}" for label, n in summary["quality_needs"].items())
     typer.echo(
         f"\nPO summary: {summary['photos']} photos — defect {v['defect']}, review {v['review']}, "
         f"pass {v['pass']}, unreadable {len(summary['unreadable'])}; quality: usable {q['usable']}, "
