@@ -113,6 +113,23 @@ def test_subtype_auroc_ranks_its_photos_against_the_photos_without_that_familys_
     # 0.6 outranks all three clean photos, 0.3 only 0.1: 4 of 6 pairs; the puckered photo is no negative.
     assert out["uneven_stitch_length"]["auroc"] == pytest.approx(4 / 6)
     assert out["puckering"]["auroc"] == 1.0
+    assert "auroc_by_shot" not in out["puckering"]  # the photos do not say their framing
+    # Within each framing: the subtype's photos of that framing against its clean ones.
+    shots = ["whole", "closeup", "whole", "whole", "closeup", "closeup"]
+    framed = PhotoRun(
+        families, list(range(6)), probs, labels, subtypes=subtypes, groups=[{"shot": s} for s in shots]
+    )
+    out = subtype_recall(probs, framed, {"stitching": 0.5, "logo": 0.5, "label": 0.5})
+    # whole: 0.6 over the clean 0.5; close-ups: 0.3 over 0.1, under 0.4
+    assert out["uneven_stitch_length"]["auroc_by_shot"] == {"whole": 1.0, "closeup": 0.5}
+    assert out["uneven_stitch_length"]["auroc"] == pytest.approx(4 / 6)
+    assert out["puckering"]["auroc_by_shot"]["whole"] == 1.0
+    assert math.isnan(out["puckering"]["auroc_by_shot"]["closeup"])  # no puckered close-up
+    table = format_report(photo_report(framed, {}, {f: {"flag": 0.5} for f in families}))
+    header = next(line for line in table.splitlines() if line.startswith("subtype"))
+    assert header.split()[-6:] == ["closeup", "whole", "(AUROC", "within", "each", "shot)"]
+    row = next(line for line in table.splitlines() if line.startswith("puckering"))
+    assert row.split()[-2:] == ["n/a", "1.000"]
     # A family without clean photos has no AUROC.
     labels[:, 0] = True
     assert math.isnan(

@@ -558,34 +558,47 @@ def photo_rows_csv(rows: list[dict]) -> str:
 
 def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.ndarray]) -> dict[str, dict]:
     """Per defect subtype: photos holding it, the share flagged for its family, their median score,
-    and their AUROC against the photos without a defect of that family (nan when there are none).
+    and their AUROC against the photos without a defect of that family (nan when there are none);
+    where the photos say their framing (``shot``), that AUROC within each framing too
+    (``auroc_by_shot``: the subtype's photos of that framing against the clean ones of it).
 
     Shows which kinds of defect a model misses or ranks low (a family's figures average over very
-    different ones).
+    different ones), and whether only on whole-product shots.
     """
-    from sklearn.metrics import roc_auc_score
-
     from datasets.taxonomy import SUBTYPE_FAMILY
 
     flags = probs >= per_photo_thresholds(flag, run.families, len(probs))
+    shots = group_rows(run).get("shot", {})
     out: dict[str, dict] = {}
     for sub in sorted({s for subs in run.subtypes for s in subs}):
         family = SUBTYPE_FAMILY.get(sub)
         if family not in run.families:
             continue
         k = run.families.index(family)
-        rows = [i for i, subs in enumerate(run.subtypes) if sub in subs]
-        scores = probs[rows, k]
-        clean = probs[~run.labels[:, k] & ~np.isin(np.arange(len(probs)), rows), k]
-        y = np.r_[np.ones(len(scores)), np.zeros(len(clean))]
+        held = np.array([sub in subs for subs in run.subtypes], bool)
+        clean = ~run.labels[:, k] & ~held
         out[sub] = {
             "family": family,
-            "photos": len(rows),
-            "recall": float(flags[rows, k].mean()),
-            "median_score": float(np.median(scores)),
-            "auroc": float(roc_auc_score(y, np.r_[scores, clean])) if len(clean) else math.nan,
+            "photos": int(held.sum()),
+            "recall": float(flags[held, k].mean()),
+            "median_score": float(np.median(probs[held, k])),
+            "auroc": _ranked(probs[held, k], probs[clean, k]),
         }
+        if shots:
+            out[sub]["auroc_by_shot"] = {
+                shot: _ranked(probs[held & rows, k], probs[clean & rows, k]) for shot, rows in shots.items()
+            }
     return out
+
+
+def _ranked(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """AUROC of ``positives`` against ``negatives``; nan when either is empty."""
+    from sklearn.metrics import roc_auc_score
+
+    if not len(positives) or not len(negatives):
+        return math.nan
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    return float(roc_auc_score(y, np.r_[positives, negatives]))
 
 
 # Photo fields a generated PO carries (datasets/synth/po.py) that split it where models differ most:
@@ -689,13 +702,17 @@ def format_report(report: dict) -> str:
                 f"{pct(t[f'{kind}_flagged'])} flagged{passed}"
             )
     if report.get("per_subtype"):
+        shots = list(next(iter(report["per_subtype"].values())).get("auroc_by_shot", {}))
         lines.append(
             f"{'subtype':<22}{'family':<10}{'photos':>7}{'recall':>8}{'median score':>14}{'AUROC':>8}"
+            + "".join(f"{shot:>10}" for shot in shots)
+            + ("   (AUROC within each shot)" if shots else "")
         )
         for sub, v in report["per_subtype"].items():
             lines.append(
                 f"{sub:<22}{v['family']:<10}{v['photos']:>7}{v['recall']:>8.3f}{v['median_score']:>14.3f}"
                 f"{v.get('auroc', math.nan):>8.3f}"
+                + "".join(f"{fmt(v['auroc_by_shot'].get(shot)):>10}" for shot in shots)
             )
     lines.extend(_format_misses(report.get("photo_rows") or [], list(report["per_family"])))
     for key, by_value in (report.get("per_group") or {}).items():
