@@ -270,7 +270,6 @@ def log_bundle(
 
     Returns ``{"model_uri", "registered_name", "version"}`` (name/version None when not registered).
     """
-    import warnings
 
     import mlflow
 
@@ -279,11 +278,9 @@ def log_bundle(
     level = pyfunc_log.level
     pyfunc_log.setLevel(logging.ERROR)  # its cloudpickle notice: we pickle only a reference to our class
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "add type hints": the signature is explicit
-            from models.mlflow_pyfunc import log_bundle_model
+        from models.mlflow_pyfunc import log_bundle_model
 
-            info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name, task=task)
+        info = log_bundle_model(bundle_dir, input_size, n_families, registered_model_name=name, task=task)
     finally:
         pyfunc_log.setLevel(level)
     version = None
