@@ -582,16 +582,16 @@ def subtype_recall(probs: np.ndarray, run: PhotoRun, flag: dict[str, float | np.
             "photos": int(held.sum()),
             "recall": float(flags[held, k].mean()),
             "median_score": float(np.median(probs[held, k])),
-            "auroc": _ranked(probs[held, k], probs[clean, k]),
+            "auroc": _auroc(probs[held, k], probs[clean, k]),
         }
         if shots:
             out[sub]["auroc_by_shot"] = {
-                shot: _ranked(probs[held & rows, k], probs[clean & rows, k]) for shot, rows in shots.items()
+                shot: _auroc(probs[held & rows, k], probs[clean & rows, k]) for shot, rows in shots.items()
             }
     return out
 
 
-def _ranked(positives: np.ndarray, negatives: np.ndarray) -> float:
+def _auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """AUROC of ``positives`` against ``negatives``; nan when either is empty."""
     from sklearn.metrics import roc_auc_score
 
@@ -633,18 +633,15 @@ def group_auroc(probs: np.ndarray, run: PhotoRun) -> dict[str, dict[str, dict]]:
     whole-product shots can score well on a PO of close-ups; this shows it in every ``loupe val``.
     AUROC is nan where a family has no positive or no negative photo in the group.
     """
-    from sklearn.metrics import roc_auc_score
-
     out: dict[str, dict[str, dict]] = {}
     for key, by_value in group_rows(run).items():
         out[key] = {}
         for value, rows in by_value.items():
             entry: dict = {"photos": int(rows.sum()), "positives": {}, "auroc": {}}
             for k, family in enumerate(run.families):
-                y = run.labels[rows, k]
-                entry["positives"][family] = int(y.sum())
-                both = 0 < y.sum() < len(y)
-                entry["auroc"][family] = float(roc_auc_score(y, probs[rows, k])) if both else math.nan
+                y = run.labels[:, k].astype(bool)
+                entry["positives"][family] = int((rows & y).sum())
+                entry["auroc"][family] = _auroc(probs[rows & y, k], probs[rows & ~y, k])
             out[key][value] = entry
     return out
 
