@@ -74,6 +74,19 @@ class TileClassifier(nn.Module):
         return self
 
 
+class MeanLogits(nn.Module):
+    """Several classifiers read as one: the mean of their logits (an ensemble, as a distillation teacher)."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float() for m in self.members]).mean(dim=0)
+
+
 def _freeze(net: nn.Module, stages: int) -> list[nn.Module]:
     if stages < 0:
         # The whole feature extractor, head layers before the classifier included: a linear probe.

@@ -850,7 +850,7 @@ def test_distilling_a_family_adds_its_cross_entropy_against_the_starting_models_
     config = _config("classifier", epochs=1, distill={"stitching": 3.0})
     tuned = train("classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "h",
                   track=False, log=lines.append)  # fmt: skip
-    assert any(li.startswith("distilling the starting model's scores") for li in lines)
+    assert any(li.startswith("distilling the teacher's scores") for li in lines)
     assert "learning without forgetting" in load_bundle(tuned.bundle_dir).card
     # the loop trains with it: the same seeded run without it ends at other weights
     plain = train("classifier", _config("classifier", epochs=1), po, from_ref=str(source.bundle_dir),
@@ -868,3 +868,49 @@ def test_distilling_a_family_adds_its_cross_entropy_against_the_starting_models_
     assert not any("tile cache" in li for li in lines)  # refused before the crops are cut
     with pytest.raises(ValueError, match="distill"):
         _config("detector", distill={"stitching": 1.0})
+
+
+def test_an_ensemble_of_teachers_is_distilled_into_one_classifier(po, data_dir):
+    import torch
+
+    from configs import ConfigError
+    from models.bundle import load_bundle
+    from models.classifier import MeanLogits
+    from training.engine import load_checkpoint, train
+
+    quiet = {"track": False, "log": lambda m: None}
+    sources = [
+        train("classifier", _config("classifier", epochs=1, seed=n), po, out=data_dir / f"t{n}", **quiet)
+        for n in (0, 1)
+    ]
+    members = [load_bundle(s.bundle_dir).build_module() for s in sources]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = (members[0](x) + members[1](x)) / 2
+        assert torch.allclose(MeanLogits(members)(x), expected, atol=1e-6)
+        assert not torch.allclose(members[0](x), members[1](x))  # two teachers, two opinions
+
+    refs = [str(s.bundle_dir) for s in sources]
+    lines: list[str] = []
+    every = {"stitching": 1.0, "logo": 1.0, "label": 1.0}
+    config = _config("classifier", epochs=1, distill=every, teachers=refs)
+    # no --from: the teachers, not a starting model, hold the scores
+    student = train("classifier", config, po, out=data_dir / "student", track=False, log=lines.append)
+    assert any(li.startswith("teacher: the mean logits of") for li in lines)
+    assert not any("not distilling" in li for li in lines)
+    assert "an ensemble distilled" in load_bundle(student.bundle_dir).card
+    plain = train("classifier", _config("classifier", epochs=1), po, out=data_dir / "alone", **quiet)
+    last = [
+        load_checkpoint(r.bundle_dir.parent / "checkpoints" / "last.pt")["model"] for r in (student, plain)
+    ]
+    assert any(not torch.equal(last[0][k], last[1][k]) for k in last[0])
+
+    # A teacher that reads other tiles is refused, naming it, before any crop is cut.
+    other = _config("classifier", epochs=1, distill={"logo": 1.0}, teachers=refs[:1],
+                    prep={**PREP, "input_size": PREP["input_size"] // 2})  # fmt: skip
+    lines.clear()
+    with pytest.raises(ConfigError, match="reads tiles prepared otherwise"):
+        train("classifier", other, po, out=data_dir / "bad", track=False, log=lines.append)
+    assert not any("tile cache" in li for li in lines)
+    with pytest.raises(ValueError, match="teachers are distilled"):
+        _config("classifier", teachers=refs)

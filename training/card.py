@@ -37,11 +37,16 @@ def model_card(
                 f"- weights {cfg['wise_ft']:g} of the way from `{from_bundle.ref}` to the best epoch's "
                 "(WiSE-FT weight average)"
             )
-        if cfg.get("distill"):
+        if cfg.get("distill") and not cfg.get("teachers"):
             lines.append(
                 f"- scores on the training crops held near `{from_bundle.ref}`'s with weights "
                 f"`{cfg['distill']}` (learning without forgetting)"
             )
+    if cfg.get("distill") and cfg.get("teachers"):
+        lines.append(
+            f"- scores on the training crops held near the mean logits of `{'`, `'.join(cfg['teachers'])}` "
+            f"with weights `{cfg['distill']}` (an ensemble distilled)"
+        )
     lines += [
         "",
         "## Recipe",

@@ -203,6 +203,12 @@ class TrainConfig(BaseModel):
         "on the training crops near the starting model's (learning without forgetting, Li & Hoiem 2016), "
         "for families a few photos cannot teach better than the model already knows",
     )
+    teachers: list[str] = Field(
+        default_factory=list,
+        description="classifier, with distill: models (default, a path, models:/...) whose mean logits the "
+        "scores are held near instead of the starting model's: an ensemble distilled into one network "
+        "(Hinton et al. 2015), at one network's inference cost",
+    )
     calibration: CalibrationSettings = CalibrationSettings()
     detector: DetectorSettings = DetectorSettings()
     memory: MemorySettings | None = Field(
@@ -226,6 +232,10 @@ class TrainConfig(BaseModel):
     def _classifier_only_settings(self) -> TrainConfig:
         if self.task != "classifier" and self.distill:
             raise ValueError("distill keeps a classifier's family scores; remove it from a detector recipe")
+        if self.teachers and not any(self.distill.values()):
+            raise ValueError(
+                "teachers are distilled with the distill weights: give distill a weight per family"
+            )
         if self.task != "classifier" and self.memory is not None:
             raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")
         return self

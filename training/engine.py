@@ -316,14 +316,30 @@ def mine_for(
     return mined
 
 
-def check_distill(config: TrainConfig, from_bundle: Any) -> None:
-    """Refuse a ``distill`` family the model will not have, before minutes of tile cutting."""
+def check_distill(config: TrainConfig, from_bundle: Any) -> list[Any]:
+    """Refuse a ``distill`` family the model will not have, or a teacher that scores other families or
+    reads other pixels, before minutes of tile cutting; returns the teachers' bundles."""
+    from configs import ConfigError
+    from models.bundle import load_bundle
+    from models.refs import resolve_model_ref
+
     families = list(from_bundle.families) if from_bundle is not None else list(FAMILIES)
     unknown = sorted(set(config.distill) - set(families))
     if unknown:
-        from configs import ConfigError
-
         raise ConfigError(f"distill names {unknown}, not families of this model ({families}); fix the recipe")
+    teachers = [load_bundle(resolve_model_ref(ref, "classifier")) for ref in config.teachers]
+    for ref, bundle in zip(config.teachers, teachers, strict=True):
+        if list(bundle.families) != families:
+            raise ConfigError(
+                f"teacher {ref} scores {list(bundle.families)}, the model {families}; "
+                "distil only from classifiers of the same families"
+            )
+        if bundle.prep != config.prep.model_dump(mode="json"):
+            raise ConfigError(
+                f"teacher {ref} reads tiles prepared otherwise than this training ({bundle.prep} against "
+                f"{config.prep.model_dump(mode='json')}); distil from models with the student's prep"
+            )
+    return teachers
 
 
 def task_loop_kwargs(
@@ -333,10 +349,11 @@ def task_loop_kwargs(
     families: list[str],
     device: Any,
     log: Callable[[str], None],
+    teachers: list[Any] = (),
 ) -> dict[str, Any]:
-    """The task loop's extra arguments: the detector's loss weights; for a classifier fine-tune with
-    ``distill``, the starting model (a frozen copy, taken before any resumed weights are loaded) and
-    its per-family weights."""
+    """The task loop's extra arguments: the detector's loss weights; for a classifier with ``distill``,
+    the teacher (the recipe's ``teachers`` as one ensemble, else the starting model as a frozen copy
+    taken before any resumed weights are loaded) and its per-family weights."""
     import copy
 
     import torch
@@ -345,14 +362,20 @@ def task_loop_kwargs(
         return {"loss_weights": config.detector.loss_weights}
     if not any(config.distill.values()):  # nothing held: no teacher to run on every batch
         return {}
-    if from_bundle is None:
+    if teachers:
+        from models.classifier import MeanLogits
+
+        teacher = MeanLogits([bundle.build_module(device) for bundle in teachers]).eval()
+        log(f"teacher: the mean logits of {', '.join(f'{b.ref} ({b.folder})' for b in teachers)}")
+    elif from_bundle is None:
         log("distill keeps a starting model's scores and needs one (--from): not distilling")
         return {}
-    teacher = copy.deepcopy(model).eval()
+    else:
+        teacher = copy.deepcopy(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     weights = torch.tensor([config.distill.get(f, 0.0) for f in families], dtype=torch.float32, device=device)
-    log(f"distilling the starting model's scores: {config.distill}")
+    log(f"distilling the teacher's scores: {config.distill}")
     return {"teacher": teacher, "distill": weights}
 
 
@@ -418,7 +441,7 @@ def train(
         config = config.model_copy(update={"prep": prep})
     if from_bundle is not None and task == "detector":
         config = keep_decoding(config, from_bundle, log)
-    check_distill(config, from_bundle)
+    teachers = check_distill(config, from_bundle)
 
     split = split_data(data, val_data, config.val_fraction, config.seed)
     val_ids = split.val_ids[: config.max_val_photos] if config.max_val_photos else split.val_ids
@@ -445,7 +468,7 @@ def train(
     # that. A seeded fine-tune mining afresh trained other weights than the same run reading them back.
     seed_everything(config.seed)
     model, arch_kwargs, families = build_for_training(config, task, from_bundle, device)
-    loop_kwargs = task_loop_kwargs(config, model, from_bundle, families, device, log)
+    loop_kwargs = task_loop_kwargs(config, model, from_bundle, families, device, log, teachers)
     steps = config.steps_per_epoch or epoch_steps(train_cache, config.batch_size, config.positive_fraction)
     optimizer = make_optimizer(model, config.lr, config.weight_decay)
     scheduler = make_scheduler(optimizer, config.schedule, config.lr, steps * config.epochs)
