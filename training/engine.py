@@ -349,7 +349,7 @@ def task_loop_kwargs(
     families: list[str],
     device: Any,
     log: Callable[[str], None],
-    teachers: list[Any] = (),
+    teachers: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The task loop's extra arguments: the detector's loss weights; for a classifier with ``distill``,
     the teacher (the recipe's ``teachers`` as one ensemble, else the starting model as a frozen copy
