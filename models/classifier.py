@@ -75,7 +75,8 @@ class TileClassifier(nn.Module):
 
 
 class MeanLogits(nn.Module):
-    """Several classifiers read as one: the mean of their logits (an ensemble, as a distillation teacher)."""
+    """Several classifiers read as one: the mean of their logits. Models trained apart are wrong on
+    different photos, so their mean ranks photos better than either (the classifier card's figures)."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
@@ -85,6 +86,30 @@ class MeanLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x).float() for m in self.members]).mean(dim=0)
+
+    def forward_with_patches(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mean logits, and the first member's patch features (one memory of good tiles serves all)."""
+        first = self.members[0].forward_with_patches(x)
+        logits = [first["logits"].float()] + [m(x).float() for m in self.members[1:]]
+        return {"logits": torch.stack(logits).mean(dim=0), "patches": first["patches"]}
+
+
+@register("tile_ensemble")
+def tile_ensemble(
+    members: int = 2,
+    backbone: str = "tf_efficientnet_lite0",
+    pretrained: str | Path = "imagenet",
+    num_classes: int = 3,
+    freeze_stages: int = 0,
+    dropout: float = 0.2,
+    frozen_bn: bool = False,
+) -> MeanLogits:
+    """``members`` tile classifiers of one backbone whose logits are averaged (``loupe ensemble``)."""
+    if members < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+    kwargs = {"backbone": backbone, "pretrained": pretrained, "num_classes": num_classes}
+    kwargs.update(freeze_stages=freeze_stages, dropout=dropout, frozen_bn=frozen_bn)
+    return MeanLogits([TileClassifier(**kwargs) for _ in range(members)])
 
 
 def _freeze(net: nn.Module, stages: int) -> list[nn.Module]:

@@ -914,3 +914,52 @@ def test_an_ensemble_of_teachers_is_distilled_into_one_classifier(po, data_dir):
     assert not any("tile cache" in li for li in lines)
     with pytest.raises(ValueError, match="teachers are distilled"):
         _config("classifier", teachers=refs)
+
+
+def test_an_ensemble_bundle_averages_its_members_logits_and_is_calibrated_exported_and_fine_tuned(
+    po, data_dir
+):
+    import numpy as np
+    import torch
+
+    from models.bundle import load_bundle
+    from models.predictor import load_predictor
+    from training.engine import train
+    from training.ensemble import ensemble_bundle
+
+    quiet = {"track": False, "log": lambda m: None}
+    sources = [
+        train("classifier", _config("classifier", epochs=1, seed=n), po, out=data_dir / f"m{n}", **quiet)
+        for n in (0, 1)
+    ]
+    refs = [str(s.bundle_dir) for s in sources]
+    out = ensemble_bundle(refs, po, data_dir / "ensemble", version="e1", **quiet)
+    bundle = load_bundle(out)
+    assert (bundle.arch, bundle.arch_kwargs["members"], bundle.version) == ("tile_ensemble", 2, "e1")
+    assert bundle.weights_dtype == "float16"
+    assert set(bundle.thresholds) == set(bundle.families) and bundle.calibration  # fitted afresh
+    assert "The mean logits of 2 tile classifiers" in bundle.card and "as version e1" in bundle.card
+
+    x = torch.randn(3, 3, PREP["input_size"], PREP["input_size"])
+    with torch.no_grad():
+        members = [load_bundle(r).build_module()(x) for r in refs]
+        whole = load_bundle(out).build_module()(x)
+    assert torch.allclose(whole, (members[0] + members[1]) / 2, atol=2e-2)  # half-precision weights
+    assert not torch.allclose(whole, members[0], atol=2e-2)
+    batch = x.numpy()
+    onnx = load_predictor(out, backend="onnx", task="classifier", threads=1).run(batch)
+    assert np.allclose(onnx, load_predictor(out, backend="torch", task="classifier").run(batch), atol=1e-4)
+
+    # A buyer fine-tunes an ensemble as any classifier (--from); what it writes is still an ensemble.
+    tuned = train(
+        "classifier", _config("classifier", epochs=1), po, from_ref=str(out), out=data_dir / "ft", **quiet
+    )
+    assert load_bundle(tuned.bundle_dir).arch == "tile_ensemble"
+
+    with pytest.raises(ValueError, match="at least 2 classifiers"):
+        ensemble_bundle(refs[:1], po, data_dir / "one", **quiet)
+    other = train("classifier", _config("classifier", epochs=1, prep={**PREP, "tile_overlap": 8}), po,
+                  out=data_dir / "other", **quiet)  # fmt: skip
+    with pytest.raises(ValueError, match=r"differs from .* in prep"):
+        ensemble_bundle([refs[0], str(other.bundle_dir)], po, data_dir / "bad", **quiet)
+    assert not (data_dir / "bad").exists()

@@ -172,13 +172,15 @@ def recalibration_card(bundle: Any, report: dict, fitted_on: str, recipe: str | 
     """``bundle``'s card with a section for its recalibration (``loupe calibrate``): on which photos,
     with which recipe's scoring settings, the new cross-fitted table and the command."""
     settings = f", with the scoring settings of `{recipe}`" if recipe else ""
+    # An ensemble's first card has no validation table of its own to replace.
+    table = "replaces the validation table above" if "| family |" in bundle.card else "gives its figures"
     lines = [
         bundle.card.rstrip(),
         "",
         f"## Recalibrated as version {bundle.version}",
         "",
         f"Calibration and thresholds fitted again on {fitted_on}, the weights unchanged{settings}. This "
-        "table (cross-fitted, as above) replaces the validation table above:",
+        f"table (cross-fitted) {table}:",
         "",
         *validation_table(bundle, report),
         "",

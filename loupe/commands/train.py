@@ -252,6 +252,39 @@ def calibrate(
     typer.echo(str(folder))
 
 
+@app.command("ensemble")
+def ensemble(
+    models: list[str] = typer.Argument(..., help="two or more classifiers: 'default', folders, models:/..."),
+    data: Path = typer.Option(..., "--data", help="labelled photos to calibrate the ensemble on"),
+    out: Path = typer.Option(..., "--out", help="folder for the ensemble's bundle"),
+    split: str | None = typer.Option(None, "--split", help="only this manifest split (train/val/test)"),
+    version: str | None = typer.Option(None, "--version", help="its version (default: the members')"),
+    no_track: bool = typer.Option(False, "--no-track", help="do not log the calibration to MLflow"),
+) -> None:
+    """Ship several classifiers as one, their logits averaged and calibrated afresh; prints its folder.
+    It reads every tile once per member. Judge it first: loupe val --model OUT --against default.
+
+    Example: loupe ensemble default data/other-classifier/bundle --data data/cal --out data/ensemble
+    """
+    _passive_omp_threads()
+    from models.errors import ModelFileError
+    from models.refs import ModelRefError
+    from training.ensemble import ensemble_bundle
+
+    options = {"--split": split, "--version": version}
+    command = f"loupe ensemble {' '.join(models)} --data {data} --out {out}" + "".join(
+        f" {flag} {value}" for flag, value in options.items() if value
+    )
+    try:
+        folder = ensemble_bundle(
+            models, data, out, version=version, split=split, track=not no_track, command=command,
+            log=typer.echo,
+        )  # fmt: skip
+    except (ModelRefError, ModelFileError, FileNotFoundError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(str(folder))
+
+
 @app.command("champion")
 def champion(
     model: str = typer.Argument(..., help="models:/loupe-classifier/N, or a bundle folder to register"),
