@@ -16,7 +16,8 @@ and that only on the tiles the classifier points at (``detector.guide_threshold`
 shipped detector).
 
 ``--memory`` also times a classifier bundle that has a memory of a buyer's good tiles (a fine-tune
-with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime.
+with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime;
+``--ensemble`` likewise an ensemble of classifiers (``loupe ensemble``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model", default="default", help="classifier/detector bundle ref")
     parser.add_argument("--memory", help="a classifier bundle with a memory, timed against --model's")
+    parser.add_argument("--ensemble", help="a classifier ensemble (loupe ensemble), timed against --model's")
     args = parser.parse_args()
 
     from cv.prep import working_photo
@@ -127,11 +129,12 @@ def main() -> None:
             )
         for name, ms in per_arm.items():
             print(f"{name:<40}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
-    if args.memory:
+    others = [(name, ref) for name, ref in (("with memory", args.memory), ("ensemble", args.ensemble)) if ref]
+    if others:
         print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
         for threads in args.threads:
             per_model = {}
-            for name, ref in ((args.model, refs["classifier"]), ("with memory", args.memory)):
+            for name, ref in ((args.model, refs["classifier"]), *others):
                 predictor = load_predictor(ref, "onnx", "cpu", threads, task="classifier")
                 score_photo(works[0], predictor, prep)  # warm-up
                 per_model[name] = statistics.median(timed(score_photo, w, predictor, prep)[1] for w in works)

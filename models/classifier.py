@@ -107,9 +107,12 @@ def tile_ensemble(
     """``members`` tile classifiers of one backbone whose logits are averaged (``loupe ensemble``)."""
     if members < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {members}")
-    kwargs = {"backbone": backbone, "pretrained": pretrained, "num_classes": num_classes}
-    kwargs.update(freeze_stages=freeze_stages, dropout=dropout, frozen_bn=frozen_bn)
-    return MeanLogits([TileClassifier(**kwargs) for _ in range(members)])
+    return MeanLogits(
+        [
+            TileClassifier(backbone, pretrained, num_classes, freeze_stages, dropout, frozen_bn)
+            for _ in range(members)
+        ]
+    )
 
 
 def _freeze(net: nn.Module, stages: int) -> list[nn.Module]:
