@@ -23,21 +23,26 @@ from training.lineage import Lineage, load_lineage, merged
 def _bundle_config(lineage: Lineage) -> dict:
     """The config the lineage's last bundle carries: a fine-tuned detector decodes as its starting model
     (training.engine.keep_decoding), a calibrate stage takes its recipe's scoring settings
-    (training.validate.recalibrate), a decode stage changes the decoding alone."""
-    config: dict = {}
-    for stage in lineage.stages:
+    (training.validate.recalibrate), a decode stage changes the decoding alone, an ensemble keeps its
+    first member's (training.ensemble)."""
+    configs: dict[str, dict] = {}
+    for i, stage in enumerate(lineage.stages):
+        config = configs.get(lineage.start_of(i), {})
         if stage.make == "decode":
             config = merged(config, stage.set)
-            continue
-        recipe = lineage.recipe_for(stage).model_dump(mode="json")
-        if stage.make == "calibrate":
-            config = merged(config, {k: recipe[k] for k in ("calibration", "detector")})
-        elif config and lineage.task == "detector":
-            decoding = {k: v for k, v in config["detector"].items() if k != "loss_weights"}
-            config = merged(recipe, {"detector": decoding})
+        elif stage.make == "ensemble":
+            config = configs[stage.members[0]]
         else:
-            config = recipe
-    return config
+            recipe = lineage.recipe_for(stage).model_dump(mode="json")
+            if stage.make == "calibrate":
+                config = merged(config, {k: recipe[k] for k in ("calibration", "detector")})
+            elif config and lineage.task == "detector":
+                decoding = {k: v for k, v in config["detector"].items() if k != "loss_weights"}
+                config = merged(recipe, {"detector": decoding})
+            else:
+                config = recipe
+        configs[stage.version] = config
+    return configs[lineage.stages[-1].version]
 
 
 @pytest.mark.parametrize("task", ["classifier", "detector"])
@@ -48,8 +53,13 @@ def test_the_shipped_lineage_describes_the_shipped_default(task):
     assert lineage.stages[-1].version == shipped.version
     # every setting the shipped bundle saved is what its lineage resolves to, stage after stage
     assert _bundle_config(lineage) == TrainConfig.model_validate(shipped.config).model_dump(mode="json")
-    last_trained = [s for s in lineage.stages if s.make == "train"][-1]
-    assert last_trained.data.version == shipped.data_version
+    last = lineage.stages[-1]
+    if last.make == "ensemble":  # the mean of the members' logits: one network per member, no data of its own
+        assert (shipped.arch, shipped.arch_kwargs["members"]) == ("tile_ensemble", len(last.members))
+        assert shipped.data_version is None
+    else:
+        last_trained = [s for s in lineage.stages if s.make == "train"][-1]
+        assert last_trained.data.version == shipped.data_version
 
 
 def test_a_lineage_with_a_typo_fails_at_load_time_naming_the_field(tmp_path):
@@ -189,3 +199,79 @@ def test_reproduce_runs_every_kind_of_stage_keeps_what_is_done_and_resumes_a_cut
     assert missing.exit_code == 2 and "stage 2 starts from stage 1.2's bundle" in missing.output
     lost = runner.invoke(app, [*args, "--start", str(rep / "1.1" / "bundle")])
     assert lost.exit_code == 2 and "stage 1 starts from ImageNet" in lost.output
+
+
+def test_a_lineage_branches_from_imagenet_and_ends_in_an_ensemble_of_its_branches(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    recipe = {
+        "task": "classifier",
+        "model": {"arch": "tile_classifier", "kwargs": {"pretrained": "none"}},
+        "prep": {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48},
+        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
+        "augment": None,
+        "epochs": 1,
+        "steps_per_epoch": 3,
+        "batch_size": 8,
+        "val_fraction": 0.3,
+        "num_threads": 1,
+    }
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    photos = {"seed": 5, "photos": 12, "size": "400x320"}
+    stages = [
+        {"version": "1", "make": "train", "data": photos},
+        {"version": "2", "make": "train", "data": photos, "set": {"seed": 1}},
+        {"version": "b1", "make": "train", "data": photos, "start": "imagenet", "set": {"seed": 2}},
+        {"version": "3", "make": "ensemble", "data": {**photos, "seed": 6}, "members": ["2", "b1"]},
+    ]
+    lineage = {"task": "classifier", "recipe": str(tmp_path / "tiny.yaml"), "stages": stages}
+    (tmp_path / "lineage.yaml").write_text(yaml.safe_dump(lineage))
+    runner = CliRunner()
+    args = ["reproduce", "classifier", "--lineage", "lineage.yaml", "--out", "rep", "--no-track"]
+
+    listed = runner.invoke(app, [*args, "--dry-run"])
+    assert listed.exit_code == 0, listed.output
+    assert "2: train from 1 on" in listed.output and "b1: train from ImageNet on" in listed.output
+    assert "3: average 2 + b1, calibrated on `loupe data synth" in listed.output
+
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    rep = tmp_path / "rep"
+    bundles = {v: load_bundle(rep / v / "bundle") for v in ("1", "2", "b1", "3")}
+    assert (bundles["3"].arch, bundles["3"].version) == ("tile_ensemble", "3")
+    assert (rep / "3" / "bundle" / "model.onnx").is_file()
+    # the ensemble averages the two branches' networks: b1 did not start from stage 2's weights
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        two, branch, whole = (bundles[v].build_module()(x) for v in ("2", "b1", "3"))
+    assert torch.allclose(whole, (two + branch) / 2, atol=2e-2)
+    assert not torch.allclose(two, branch, atol=2e-2)
+    # stage 2 started from stage 1, the branch from a new network (a bundle's card says where it began)
+    assert f"fine-tuned from `{bundles['1'].ref}`" in bundles["2"].card
+    assert "fine-tuned from" not in bundles["b1"].card
+
+    # the ensemble alone, its members read from --out; a member that is not there is named
+    shutil.rmtree(rep / "3")
+    again = runner.invoke(app, [*args, "--start-at", "3"])
+    assert again.exit_code == 0, again.output
+    assert load_bundle(rep / "3" / "bundle").version == "3" and "1: done" not in again.output
+    shutil.rmtree(rep / "b1")
+    shutil.rmtree(rep / "3")
+    lost = runner.invoke(app, [*args, "--start-at", "3"])
+    assert lost.exit_code == 2 and "stage 3 averages stage b1's bundle, which is not there" in lost.output
+
+    # wrong branches fail at load time
+    for bad, message in [
+        ([*stages[:3], {**stages[3], "members": ["2", "4"]}], r"each must be a stage before it"),
+        ([*stages[:3], {**stages[3], "members": ["2"]}], "averages 2 or more stages"),
+        ([stages[0], {**stages[1], "start": "b1"}], "each must be a stage before it"),
+        ([*stages[:3], {**stages[3], "make": "calibrate"}], "an ensemble stage, and only one"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**lineage, "stages": bad}))
+        with pytest.raises(ConfigError, match=message):
+            load_lineage(tmp_path / "bad.yaml")
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**lineage, "task": "detector"}))
+    with pytest.raises(ConfigError, match="ensemble stages average classifiers"):
+        load_lineage(tmp_path / "bad.yaml")

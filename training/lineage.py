@@ -1,11 +1,12 @@
 """How a shipped default model was made, stage by stage, and the one command that makes it again.
 
 The defaults were not trained in one run: each is a chain of stages (train from nothing, continue
-``--from`` the last stage on new generated photos, recalibrate, change how boxes are decoded), run
-over several days while the recipe grew. ``configs/default_<task>.yaml`` holds that chain as data:
-for every stage the generated PO it used (seed, photos, size, and the data version the shipped stage
-recorded), and what its recipe differed in from today's ``configs/train_<task>.yaml`` (taken from the
-``config`` each shipped bundle saved). :func:`reproduce` runs it: ``loupe reproduce classifier``.
+``--from`` the last stage on new generated photos, recalibrate, change how boxes are decoded, average
+two branches' scores), run over several days while the recipe grew. ``configs/default_<task>.yaml``
+holds that chain as data: for every stage the generated PO it used (seed, photos, size, and the data
+version the shipped stage recorded), and what its recipe differed in from today's
+``configs/train_<task>.yaml`` (taken from the ``config`` each shipped bundle saved).
+:func:`reproduce` runs it: ``loupe reproduce classifier``.
 
 A stage whose bundle is already in the output folder is kept (delete its folder to make it again), and
 a training stage that was cut off resumes from its last checkpoint, so the command can be run again
@@ -25,6 +26,7 @@ from training.config import DEFAULT_CONFIGS, DetectorSettings, TrainConfig, load
 
 DEFAULT_LINEAGES = {"classifier": "default_classifier.yaml", "detector": "default_detector.yaml"}
 RECIPE_FILE = "recipe.yaml"
+IMAGENET = "imagenet"  # a train stage's `start:` for a new network
 
 
 class SynthPO(BaseModel):
@@ -59,22 +61,39 @@ class SynthPO(BaseModel):
 
 class Stage(BaseModel):
     """One step of a lineage. ``train``: the recipe with ``set`` merged in, on ``data``, from the previous
-    stage (the first starts from ImageNet). ``calibrate``: the previous stage's weights, calibration and
-    thresholds fitted again on ``data`` with the scoring settings of that recipe (``loupe calibrate``).
-    ``decode``: the previous stage with its bundle's ``set`` changed (a detector's decoding only)."""
+    stage (the first starts from ImageNet; ``start`` names another). ``calibrate``: the previous stage's
+    weights, calibration and thresholds fitted again on ``data`` with the scoring settings of that recipe
+    (``loupe calibrate``). ``decode``: the previous stage with its bundle's ``set`` changed (a detector's
+    decoding only). ``ensemble``: the classifiers of the stages ``members`` as one bundle, their logits
+    averaged, calibrated on ``data`` (``loupe ensemble``)."""
 
     model_config = ConfigDict(extra="forbid")
 
     version: str = Field(min_length=1, description="the bundle's version, and its folder's name")
-    make: Literal["train", "calibrate", "decode"]
+    make: Literal["train", "calibrate", "decode", "ensemble"]
     data: SynthPO | None = None
     set: dict[str, Any] = Field(
         default_factory=dict, description="what differs from the recipe (nested, as in its YAML)"
     )
+    start: str | None = Field(
+        None,
+        description=f"a train stage: the stage it starts from (default: the one before it); "
+        f"`{IMAGENET}`: a new network, a second branch of the lineage",
+    )
+    members: list[str] = Field(default_factory=list, description="an ensemble stage: the stages it averages")
     note: str = Field("", description="what the stage did then that today's code does not repeat")
 
     @model_validator(mode="after")
     def _check(self) -> Stage:
+        if self.start is not None and self.make != "train":
+            raise ValueError(f"stage {self.version}: only a train stage has a `start:`")
+        if (self.make == "ensemble") != bool(self.members):
+            raise ValueError(f"stage {self.version}: an ensemble stage, and only one, names its `members:`")
+        if self.make == "ensemble" and (len(set(self.members)) < 2 or self.set):
+            raise ValueError(
+                f"stage {self.version}: an ensemble stage averages 2 or more stages' classifiers "
+                f"(got {self.members}) and sets nothing (got {sorted(self.set)})"
+            )
         if self.make == "decode" and self.data is not None:
             raise ValueError(f"stage {self.version}: a decode stage reads no photos; remove its `data:`")
         if self.make != "decode" and self.data is None:
@@ -108,6 +127,15 @@ class Lineage(BaseModel):
             raise ValueError(f"stage versions must be unique (they name the folders), got {versions}")
         if self.task != "detector" and any(s.make == "decode" for s in self.stages):
             raise ValueError("decode stages change a detector's decoding; a classifier has none")
+        if self.task != "classifier" and any(s.make == "ensemble" for s in self.stages):
+            raise ValueError("ensemble stages average classifiers; a detector's boxes are not averaged")
+        for i, stage in enumerate(self.stages):
+            earlier = versions[:i]
+            named = [stage.start] if stage.start not in (None, IMAGENET) else list(stage.members)
+            if any(v not in earlier for v in named):
+                raise ValueError(
+                    f"stage {stage.version} names {named}: each must be a stage before it ({earlier})"
+                )
         for stage in self.stages:
             if stage.make != "decode":
                 self.recipe_for(stage)  # a wrong key or value in `set` fails here, at load time
@@ -121,6 +149,13 @@ class Lineage(BaseModel):
         """The recipe ``stage`` ran with: the lineage's recipe with the stage's ``set`` merged in."""
         base = load_train_config(self.recipe_name, self.task).model_dump(mode="json")
         return TrainConfig.model_validate(merged(base, stage.set))
+
+    def start_of(self, i: int) -> str | None:
+        """The stage version stage ``i`` starts from; None for a new network (ImageNet)."""
+        stage = self.stages[i]
+        if stage.start is not None:
+            return None if stage.start == IMAGENET else stage.start
+        return self.stages[i - 1].version if i > 0 else None
 
     def index(self, version: str) -> int:
         for i, stage in enumerate(self.stages):
@@ -151,16 +186,17 @@ def load_lineage(name_or_path: str | Path) -> Lineage:
 def describe(lineage: Lineage, out: Path, data_root: Path) -> list[str]:
     """One line per stage: what it makes from what, on which photos, with which recipe changes."""
     lines = []
-    previous = "ImageNet"
-    for stage in lineage.stages:
+    for i, stage in enumerate(lineage.stages):
         verb = {"train": "train from", "calibrate": "recalibrate", "decode": "change the decoding of"}
-        line = f"{stage.version}: {verb[stage.make]} {previous}"
+        if stage.make == "ensemble":
+            line = f"{stage.version}: average {' + '.join(stage.members)}, calibrated"
+        else:
+            line = f"{stage.version}: {verb[stage.make]} {lineage.start_of(i) or 'ImageNet'}"
         if stage.data is not None:
             line += f" on `{stage.data.command(data_root / stage.data.folder_name)}`"
         if stage.set:
             line += f"; {'the bundle' if stage.make == 'decode' else lineage.recipe_name} with {stage.set}"
         lines.append(f"{line} -> {out / stage.version / 'bundle'}")
-        previous = stage.version
     return lines
 
 
@@ -206,42 +242,56 @@ def reproduce(
 ) -> Path:
     """Run ``lineage`` into ``out/<version>/bundle``, one stage after another; returns the last bundle.
 
-    ``start_at`` begins at that stage, from ``start`` (a model ref: the bundle the stage before it
-    made) or else from that bundle in ``out``. The last bundle is exported to ONNX, as shipped.
+    ``start_at`` begins at that stage, from ``start`` (a model ref: the bundle of the stage it starts
+    from) or else from that bundle in ``out``; an ensemble's members made before ``start_at`` are read
+    from ``out``. The last bundle is exported to ONNX, as shipped.
     """
     from configs import dump_config
     from datasets.manifest import build_manifest
     from models.bundle import BUNDLE_FILE, ONNX_FILE
     from training.engine import CHECKPOINTS, LAST, train
+    from training.ensemble import ensemble_bundle
     from training.export import export_model
     from training.validate import _resolve, recalibrate
 
     first = lineage.index(start_at) if start_at else 0
-    previous: Path | None = None
-    if first > 0:
-        before = lineage.stages[first - 1].version
-        previous = _resolve(start, lineage.task) if start else out / before / "bundle"
-        if not (previous / BUNDLE_FILE).is_file():
-            raise FileNotFoundError(
-                f"{previous}: stage {start_at} starts from stage {before}'s bundle, which is not there; "
-                f"pass --start with that model, or run the lineage from its first stage"
-            )
-    elif start:
+    opening = lineage.stages[first]
+    source = None if opening.make == "ensemble" else lineage.start_of(first)
+    if start and source is None:
+        what = "averages stages of its own" if opening.make == "ensemble" else "starts from ImageNet"
         raise ValueError(
-            f"stage {lineage.stages[0].version} starts from ImageNet: --start names the model that a "
-            f"later stage (--start-at) starts from"
+            f"stage {opening.version} {what}: --start names the model that a later stage (--start-at) "
+            "starts from"
         )
-    for stage in lineage.stages[first:]:
+    made = {source: _resolve(start, lineage.task)} if start else {}  # stage version -> its bundle
+    done = {s.version for s in lineage.stages[first:]}
+    for i, stage in enumerate(lineage.stages[first:], first):
+        ensemble = stage.make == "ensemble"
+        for version in stage.members if ensemble else [lineage.start_of(i)]:
+            bundle = made.get(version, out / str(version) / "bundle")
+            if version is not None and version not in done and not (bundle / BUNDLE_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{bundle}: stage {stage.version} {'averages' if ensemble else 'starts from'} stage "
+                    f"{version}'s bundle, which is not there; pass --start with that model, or run the "
+                    "lineage from its first stage"
+                )
+    last = out
+    for i, stage in enumerate(lineage.stages[first:], first):
         folder = out / stage.version
         bundle = folder / "bundle"
+        made[stage.version] = last = bundle
         if (bundle / BUNDLE_FILE).is_file():
             log(f"== {stage.version}: done already ({bundle})")
-            previous = bundle
             continue
         log(f"== {stage.version}: {stage.make}" + (f" ({stage.note})" if stage.note else ""))
         photos = synth_po(stage.data, data_root, log) if stage.data else None
+        begin = lineage.start_of(i)
+        previous = made.get(begin, out / str(begin) / "bundle") if begin is not None else None
         if stage.make == "decode":
             redecode(previous, bundle, stage.set["detector"], stage.version)
+        elif stage.make == "ensemble":
+            members = [str(made.get(v, out / v / "bundle")) for v in stage.members]
+            ensemble_bundle(members, photos, bundle, version=stage.version, track=track, log=log)
         else:
             config = lineage.recipe_for(stage)
             recipe = dump_config(config, folder / RECIPE_FILE)
@@ -266,7 +316,6 @@ def reproduce(
                     f"data version {got} differs from the shipped stage's {stage.data.version}: the "
                     "generator has changed since that stage ran, so its photos are not the same"
                 )
-        previous = bundle
-    onnx = previous / ONNX_FILE  # save_bundle removes a stale one, so one that is there is current
-    log(f"ONNX: {onnx if onnx.is_file() else export_model(str(previous), lineage.task)}")
-    return previous
+    onnx = last / ONNX_FILE  # save_bundle removes a stale one, so one that is there is current
+    log(f"ONNX: {onnx if onnx.is_file() else export_model(str(last), lineage.task)}")
+    return last
