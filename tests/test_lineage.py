@@ -257,6 +257,7 @@ def test_a_lineage_branches_from_imagenet_and_ends_in_an_ensemble_of_its_branche
     again = runner.invoke(app, [*args, "--start-at", "3"])
     assert again.exit_code == 0, again.output
     assert load_bundle(rep / "3" / "bundle").version == "3" and "1: done" not in again.output
+    assert "loupe reproduce classifier --start-at 3" in load_bundle(rep / "3" / "bundle").card
     shutil.rmtree(rep / "b1")
     shutil.rmtree(rep / "3")
     lost = runner.invoke(app, [*args, "--start-at", "3"])

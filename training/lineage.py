@@ -275,7 +275,7 @@ def reproduce(
                     f"{version}'s bundle, which is not there; pass --start with that model, or run the "
                     "lineage from its first stage"
                 )
-    last = out
+    last = out  # the last stage's bundle, once the loop has run
     for i, stage in enumerate(lineage.stages[first:], first):
         folder = out / stage.version
         bundle = folder / "bundle"
@@ -291,7 +291,10 @@ def reproduce(
             redecode(previous, bundle, stage.set["detector"], stage.version)
         elif stage.make == "ensemble":
             members = [str(made.get(v, out / v / "bundle")) for v in stage.members]
-            ensemble_bundle(members, photos, bundle, version=stage.version, track=track, log=log)
+            ensemble_bundle(
+                members, photos, bundle, version=stage.version, track=track, log=log,
+                command=f"loupe reproduce {lineage.task} --start-at {stage.version}",
+            )  # fmt: skip
         else:
             config = lineage.recipe_for(stage)
             recipe = dump_config(config, folder / RECIPE_FILE)
