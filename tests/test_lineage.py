@@ -45,6 +45,24 @@ def _bundle_config(lineage: Lineage) -> dict:
     return configs[lineage.stages[-1].version]
 
 
+def _tiny_recipe(path, task: str, model: dict) -> None:
+    """A recipe that trains for seconds on a dozen 400x320 photos, written to ``path``."""
+    recipe = {
+        "task": task,
+        "model": model,
+        "prep": {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48},
+        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
+        "augment": None,
+        "epochs": 1,
+        "steps_per_epoch": 3,
+        "batch_size": 8,
+        "schedule": "cosine",
+        "val_fraction": 0.3,
+        "num_threads": 1,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+
+
 @pytest.mark.parametrize("task", ["classifier", "detector"])
 def test_the_shipped_lineage_describes_the_shipped_default(task):
     lineage = load_lineage(f"default_{task}")
@@ -102,23 +120,11 @@ def test_reproduce_runs_every_kind_of_stage_keeps_what_is_done_and_resumes_a_cut
 
     monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    recipe = {
-        "task": "detector",
-        "model": {
-            "arch": "tile_detector",
-            "kwargs": {"pretrained": "none", "num_subtypes": 16, "channels": 16},
-        },
-        "prep": {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48},
-        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
-        "augment": None,
-        "epochs": 1,
-        "steps_per_epoch": 3,
-        "batch_size": 8,
-        "schedule": "cosine",
-        "val_fraction": 0.3,
-        "num_threads": 1,
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    _tiny_recipe(
+        tmp_path / "tiny.yaml",
+        "detector",
+        {"arch": "tile_detector", "kwargs": {"pretrained": "none", "num_subtypes": 16, "channels": 16}},
+    )
     # the lineage generates these photos again, byte for byte
     generate_po(tmp_path / "po", 12, seed=5, size=(400, 320), workers=1)
     same = {"seed": 5, "photos": 12, "size": "400x320", "version": build_manifest(tmp_path / "po").version}
@@ -206,19 +212,9 @@ def test_a_lineage_branches_from_imagenet_and_ends_in_an_ensemble_of_its_branche
 
     monkeypatch.setenv("LOUPE_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    recipe = {
-        "task": "classifier",
-        "model": {"arch": "tile_classifier", "kwargs": {"pretrained": "none"}},
-        "prep": {"work_long_side": 320, "tile_size": 128, "tile_overlap": 16, "input_size": 48},
-        "cache": {"crops_per_box": 2, "negatives_per_photo": 2},
-        "augment": None,
-        "epochs": 1,
-        "steps_per_epoch": 3,
-        "batch_size": 8,
-        "val_fraction": 0.3,
-        "num_threads": 1,
-    }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    _tiny_recipe(
+        tmp_path / "tiny.yaml", "classifier", {"arch": "tile_classifier", "kwargs": {"pretrained": "none"}}
+    )
     photos = {"seed": 5, "photos": 12, "size": "400x320"}
     stages = [
         {"version": "1", "make": "train", "data": photos},
