@@ -35,6 +35,7 @@ the same kind of paired-bootstrap interval (200 rounds by default: each round is
     .venv/bin/python benchmarks/bench_finetune.py [--look jersey|station|vintage] [--train-photos 48]
                                                   [--test-photos 240] [--test-seed 502]
                                                   [--seeds 0 1 2] [--task classifier|detector]
+                                                  [--judge-only]
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import cv2
 import numpy as np
 
 from datasets.synth.config import MILESTONES
+from models.bundle import BUNDLE_FILE
 from training.compare import (
     box_figures,
     family_figures,
@@ -244,6 +246,12 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="recipe seeds for the trained arms"
     )
+    parser.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="judge the arms an earlier run trained (same look, --train-photos, --seeds, --task and "
+        "--base) on these held-out photos, without training them again",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -261,6 +269,11 @@ def main() -> None:
     for seed in args.seeds:
         for name, from_ref in (("scratch", None), ("fine-tune", args.base)):
             run = CACHE / f"{args.look}-{args.train_photos}-run-{name}-seed{seed}{suffix}"
+            if args.judge_only:
+                if not (run / "bundle" / BUNDLE_FILE).exists():
+                    parser.error(f"no trained {name} arm in {run}: run once without --judge-only")
+                arms[name].append(str(run / "bundle"))
+                continue
             bundle, seconds, kept = train(from_ref, buyer_train, run, args.base, seed, args.task)
             arms[name].append(bundle)
             note = ": no epoch beat the starting model, its weights kept (recalibrated)" if kept else ""
