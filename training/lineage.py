@@ -264,12 +264,18 @@ def reproduce(
             "starts from"
         )
     made = {source: _resolve(start, lineage.task)} if start else {}  # stage version -> its bundle
+
+    def bundle_of(version: str) -> Path:
+        return made.get(version, out / version / "bundle")
+
     done = {s.version for s in lineage.stages[first:]}
     for i, stage in enumerate(lineage.stages[first:], first):
         ensemble = stage.make == "ensemble"
         for version in stage.members if ensemble else [lineage.start_of(i)]:
-            bundle = made.get(version, out / str(version) / "bundle")
-            if version is not None and version not in done and not (bundle / BUNDLE_FILE).is_file():
+            if version is None or version in done:
+                continue
+            bundle = bundle_of(version)
+            if not (bundle / BUNDLE_FILE).is_file():
                 raise FileNotFoundError(
                     f"{bundle}: stage {stage.version} {'averages' if ensemble else 'starts from'} stage "
                     f"{version}'s bundle, which is not there; pass --start with that model, or run the "
@@ -286,11 +292,11 @@ def reproduce(
         log(f"== {stage.version}: {stage.make}" + (f" ({stage.note})" if stage.note else ""))
         photos = synth_po(stage.data, data_root, log) if stage.data else None
         begin = lineage.start_of(i)
-        previous = made.get(begin, out / str(begin) / "bundle") if begin is not None else None
+        previous = bundle_of(begin) if begin is not None else None
         if stage.make == "decode":
             redecode(previous, bundle, stage.set["detector"], stage.version)
         elif stage.make == "ensemble":
-            members = [str(made.get(v, out / v / "bundle")) for v in stage.members]
+            members = [str(bundle_of(v)) for v in stage.members]
             ensemble_bundle(
                 members, photos, bundle, version=stage.version, track=track, log=log,
                 command=f"loupe reproduce {lineage.task} --start-at {stage.version}",
