@@ -41,6 +41,7 @@ the same kind of paired-bootstrap interval (200 rounds by default: each round is
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -177,8 +178,22 @@ def run_model(model: str, data: Path, task: str, threads: int = 2):
 
 
 def photo_scores(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Per-photo raw family scores and labels of the classifier ``model`` on ``data``."""
+    """Per-photo raw family scores and labels of the classifier ``model`` on ``data``, kept under
+    benchmarks/.cache/scores by the bundle's and the photos' content (an ensemble fine-tune takes
+    minutes to read 240 photos; a --judge-only run after a new seed reads only the new arms)."""
+    from models.refs import resolve_model_ref
+
+    bundle = Path(resolve_model_ref(model, "classifier"))
+    digest = hashlib.sha256()
+    for path in (*sorted(p for p in bundle.iterdir() if p.is_file()), data / "annotations.json"):
+        digest.update(path.name.encode() + path.read_bytes())
+    cached = CACHE.parent / "scores" / f"{digest.hexdigest()[:24]}.npz"
+    if cached.exists():
+        with np.load(cached) as saved:
+            return saved["raw"], saved["labels"], [str(f) for f in saved["families"]]
     run, _ = run_model(model, data, "classifier")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cached, raw=run.raw, labels=run.labels, families=np.array(run.families))
     return run.raw, run.labels, run.families
 
 

@@ -17,7 +17,8 @@ shipped detector).
 
 ``--memory`` also times a classifier bundle that has a memory of a buyer's good tiles (a fine-tune
 with ``memory`` in its recipe, models.memory) against --model's classifier, both on ONNX Runtime;
-``--ensemble`` likewise an ensemble of classifiers (``loupe ensemble``).
+``--ensemble`` likewise an ensemble of classifiers (``loupe ensemble``), and ``--classifier`` any
+other classifier bundle (one network of the shipped ensemble, to see what the second one costs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="classifier/detector bundle ref")
     parser.add_argument("--memory", help="a classifier bundle with a memory, timed against --model's")
     parser.add_argument("--ensemble", help="a classifier ensemble (loupe ensemble), timed against --model's")
+    parser.add_argument(
+        "--classifier",
+        action="append",
+        default=[],
+        help="any other classifier bundle (one network of the shipped ensemble, say), timed against "
+        "--model's; repeatable",
+    )
     args = parser.parse_args()
 
     from cv.prep import working_photo
@@ -130,6 +138,7 @@ def main() -> None:
         for name, ms in per_arm.items():
             print(f"{name:<40}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
     others = [(name, ref) for name, ref in (("with memory", args.memory), ("ensemble", args.ensemble)) if ref]
+    others += [(Path(ref).name if Path(ref).exists() else ref, ref) for ref in args.classifier]
     if others:
         print(f"\n{'classifier':<28}{'threads':>8}{'ms/photo':>10}{'vs ' + args.model:>14}")
         for threads in args.threads:
