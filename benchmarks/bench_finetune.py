@@ -180,15 +180,16 @@ def run_model(model: str, data: Path, task: str, threads: int = 2):
 
 def photo_scores(model: str, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per-photo raw family scores and labels of the classifier ``model`` on ``data``, kept under
-    benchmarks/.cache/scores by the content of the bundle, the photos' annotations and the code that
-    reads photos (an ensemble fine-tune takes minutes to read 240 photos; a --judge-only run after a
-    new seed reads only the new arms)."""
+    benchmarks/.cache/scores by the content of the bundle, the photos (their dataset version: pixels
+    and labels) and the code that reads photos (an ensemble fine-tune takes minutes to read 240
+    photos; a --judge-only run after a new seed reads only the new arms)."""
+    from datasets.manifest import build_manifest
     from models.refs import resolve_model_ref
 
     bundle = Path(resolve_model_ref(model, "classifier"))
     code = sorted(p for room in ("cv", "models", "datasets", "training") for p in (ROOT / room).rglob("*.py"))
-    digest = hashlib.sha256()
-    for path in (*sorted(p for p in bundle.iterdir() if p.is_file()), data / "annotations.json", *code):
+    digest = hashlib.sha256(build_manifest(data).content_sha256.encode())
+    for path in (*sorted(p for p in bundle.iterdir() if p.is_file()), *code):
         digest.update(path.name.encode() + path.read_bytes())
     cached = CACHE.parent / "scores" / f"{digest.hexdigest()[:24]}.npz"
     if cached.exists():
