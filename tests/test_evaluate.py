@@ -380,6 +380,7 @@ def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
         combine_levels,
         fit_level_calibration,
         fit_thresholds,
+        held_out_gain,
     )
 
     # 40 photos, levels 0.25 / 0.5 / 1.0. Stitching: the coarse levels separate the photos; the finest
@@ -396,6 +397,7 @@ def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
     plain = level_raw.max(axis=1)
 
     fitted = fit_level_calibration(level_raw, labels, FAMS, levels, ["stitching", "label"])
+    assert held_out_gain(level_raw[:, :, 0], labels[:, 0], levels) > 0  # kept by the held-out check
     assert set(fitted) == {"stitching"} and set(fitted["stitching"]) == {"0.25", "0.5", "1"}
     combined = combine_levels(level_raw, FAMS, levels, fitted)
     np.testing.assert_array_equal(combined[:, 1:], plain[:, 1:])  # families without levels: the plain max
@@ -420,3 +422,33 @@ def test_per_level_calibration_stops_an_inflated_level_from_winning_the_max():
     assert auroc(probs) == 1.0 and np.mean(probs[labels[:, 0], 0] >= thresholds["stitching"]["flag"]) >= 0.95
     with pytest.raises(ValueError, match="per pyramid level"):
         apply_calibration(plain, calibration, FAMS)
+
+
+def test_per_level_calibration_is_kept_only_where_it_predicts_held_out_photos_better():
+    from training.calibrate import fit_level_calibration, fit_thresholds, held_out_gain
+
+    # A buyer's validation photos: 15, three with a stitching defect. Every level carries the same
+    # noisy evidence (positives a little higher): six per-level parameters can only fit the noise.
+    rng = np.random.default_rng(0)
+    n, levels = 15, (0.25, 0.5, 1.0)
+    labels = np.zeros((n, 3), bool)
+    labels[:3, 0] = True
+    base = rng.uniform(0.1, 0.6, size=n) + 0.25 * labels[:, 0]
+    level_raw = np.clip(base[:, None, None] + rng.normal(0, 0.12, size=(n, 3, 3)), 0.01, 0.99)
+
+    unchecked = fit_level_calibration(level_raw, labels, FAMS, levels, ["stitching"], held_out_check=False)
+    assert set(unchecked) == {"stitching"}  # enough photos each way, and the levels rank them right
+    assert held_out_gain(level_raw[:, :, 0], labels[:, 0], levels) < 0
+    assert fit_level_calibration(level_raw, labels, FAMS, levels, ["stitching"]) == {}
+    calibration, _ = fit_thresholds(
+        level_raw.max(axis=1), labels, FAMS, level_raw=level_raw, levels=levels, level_families=["stitching"]
+    )  # fmt: skip
+    assert "levels" not in calibration  # the plain max over tiles, Platt-fitted as without per_level
+
+    # Where one level is inflated and the others separate the photos (the test above), per level
+    # predicts the left-out photo better, and the fit is kept.
+    inflated = level_raw.copy()
+    inflated[:, 2, 0] = rng.uniform(0.85, 0.97, size=n)
+    inflated[labels[:, 0], :2, 0] += 0.3
+    assert held_out_gain(inflated[:, :, 0], labels[:, 0], levels) > 0
+    assert set(fit_level_calibration(inflated, labels, FAMS, levels, ["stitching"])) == {"stitching"}

@@ -28,7 +28,8 @@ FALLBACK_REVIEW = 0.25
 # Per-level calibration needs photos with and without the defect. Two of each is enough to help: on
 # the one-style jersey look, fits on 16 random photos (often under 5 with a stitching defect) raised
 # the stitching AUROC of fine-tuned weights on 60 other photos by 0.05-0.07 on average, in 91-96 % of
-# 200 draws (benchmarks/README.md). Below it a family keeps the plain max over its tiles.
+# 200 draws (benchmarks/README.md), with the fine-tuning recipe of then. Below it a family keeps the plain
+# max over its tiles; above it the held-out check (held_out_gain) still decides.
 MIN_LEVEL_PHOTOS = 2
 # The parameters of a level left out of the max over levels: sigmoid(-30) ~ 1e-13, never the max.
 LEFT_OUT = {"a": 0.0, "b": -30.0}
@@ -93,6 +94,7 @@ def fit_level_calibration(
     levels: tuple[float, ...] | list[float],
     level_families: tuple[str, ...] | list[str],
     min_photos: int = MIN_LEVEL_PHOTOS,
+    held_out_check: bool = True,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Per-level Platt parameters ``{family: {level_key: {"a", "b"}}}``: a bundle's ``calibration["levels"]``.
 
@@ -100,7 +102,9 @@ def fit_level_calibration(
     that level. Each level of each family in ``level_families`` gets its own Platt fit against the
     photo labels, so each level's max becomes "the chance this photo has the defect, from this
     level". A family is left out (it keeps the plain max) with fewer than ``min_photos`` photos with
-    or without the defect, or when no level ranks the photos the right way round.
+    or without the defect, when no level ranks the photos the right way round, or (``held_out_check``)
+    when the per-level fit predicts photos it was not fitted on no better than the plain max does
+    (:func:`held_out_gain`).
     """
     level_raw = np.asarray(level_raw, dtype=np.float64)
     if level_raw.ndim != 3 or level_raw.shape[1:] != (len(levels), len(families)):
@@ -114,13 +118,52 @@ def fit_level_calibration(
         positives = int(labels[:, k].sum())
         if family not in level_families or min(positives, len(labels) - positives) < min_photos:
             continue
-        fits = {level_key(lv): _logistic_fit(level_raw[:, i, k], labels[:, k]) for i, lv in enumerate(levels)}
-        if all(a <= 0 for a, _ in fits.values()):
-            continue  # no level ranks the photos the right way round: nothing to calibrate
-        # A level whose scores rank the photos backwards says nothing about them: it is left out of
-        # the max (its raw scores would outbid the calibrated levels; the base rate would tie photos).
-        out[family] = {key: {"a": a, "b": b} if a > 0 else dict(LEFT_OUT) for key, (a, b) in fits.items()}
+        fits = _level_fits(level_raw[:, :, k], labels[:, k], levels)
+        # A buyer's fine-tune validates on 8-20 photos, 2-8 of them with the defect: there six
+        # parameters can fit noise, and on two of three buyer looks the per-level fit lost 0.02-0.03
+        # stitching AUROC against the plain max (configs/finetune_classifier.yaml). Keep it only
+        # where it predicts held-out validation photos better.
+        if fits and (not held_out_check or held_out_gain(level_raw[:, :, k], labels[:, k], levels) > 0):
+            out[family] = fits
     return out
+
+
+def _level_fits(level_raw: np.ndarray, labels: np.ndarray, levels) -> dict[str, dict[str, float]]:
+    """One family's per-level Platt parameters from its N×L level maxima; {} when no level ranks the
+    photos the right way round (nothing to calibrate)."""
+    fits = {level_key(lv): _logistic_fit(level_raw[:, i], labels) for i, lv in enumerate(levels)}
+    if all(a <= 0 for a, _ in fits.values()):
+        return {}
+    # A level whose scores rank the photos backwards says nothing about them: it is left out of the
+    # max (its raw scores would outbid the calibrated levels; the base rate would tie photos).
+    return {key: {"a": a, "b": b} if a > 0 else dict(LEFT_OUT) for key, (a, b) in fits.items()}
+
+
+def _max_over_levels(level_raw: np.ndarray, levels, fits: dict[str, dict[str, float]]) -> np.ndarray:
+    """One family's photo scores: the max over its N×L level maxima, each through its level's fit."""
+    return np.max(
+        [apply_platt(level_raw[:, i], fits.get(level_key(lv))) for i, lv in enumerate(levels)], axis=0
+    )
+
+
+def held_out_gain(level_raw: np.ndarray, labels: np.ndarray, levels) -> float:
+    """How much better one family's per-level calibration predicts a validation photo it was not fitted
+    on than the plain max over levels does: the mean log-loss per photo of the photo Platt
+    probabilities, leaving each photo out in turn (positive: per level predicts better).
+
+    ``level_raw`` is that family's N×L level maxima, ``labels`` its N booleans.
+    """
+    level_raw = np.asarray(level_raw, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    gain = 0.0
+    for i in range(len(labels)):
+        keep = np.arange(len(labels)) != i
+        for sign, fits in ((1.0, {}), (-1.0, _level_fits(level_raw[keep], labels[keep], levels))):
+            photo = _max_over_levels(level_raw, levels, fits)
+            p = float(apply_platt(photo[i : i + 1], fit_platt(photo[keep], labels[keep]))[0])
+            p = min(max(p, 1e-6), 1 - 1e-6)
+            gain -= sign * math.log(p if labels[i] else 1 - p)
+    return gain / len(labels)
 
 
 def combine_levels(level_raw: np.ndarray, families, levels, level_calibration: dict | None) -> np.ndarray:
@@ -169,6 +212,7 @@ def fit_thresholds(
     levels: tuple[float, ...] | list[float] = (),
     level_families: tuple[str, ...] | list[str] = (),
     level_min_photos: int = MIN_LEVEL_PHOTOS,
+    level_held_out: bool = True,
 ) -> tuple[dict, dict[str, dict[str, float]]]:
     """Platt calibration and flag/review thresholds fitted on the same photos (what a bundle ships).
 
@@ -179,7 +223,7 @@ def fit_thresholds(
     level_calibration = {}
     if level_families and level_raw is not None:
         level_calibration = fit_level_calibration(
-            level_raw, labels, families, levels, level_families, level_min_photos
+            level_raw, labels, families, levels, level_families, level_min_photos, level_held_out
         )
         if level_calibration:
             raw = combine_levels(level_raw, families, levels, level_calibration)
@@ -198,7 +242,8 @@ def recipe_fit(settings: Any, families: tuple[str, ...] | list[str]) -> Callable
     def fit(raw: np.ndarray, labels: np.ndarray, **levels: Any) -> tuple[dict, dict]:
         return fit_thresholds(
             raw, labels, families, settings.target_recall, settings.review_recall,
-            level_families=settings.per_level, level_min_photos=settings.per_level_min_photos, **levels,
+            level_families=settings.per_level, level_min_photos=settings.per_level_min_photos,
+            level_held_out=settings.per_level_held_out, **levels,
         )  # fmt: skip
 
     return fit

@@ -125,8 +125,8 @@ def _level_lines(bundle: Any, cfg: dict) -> list[str]:
         least = cfg["calibration"]["per_level_min_photos"]
         lines.append(
             f"Asked for but not fitted ({', '.join(missing)}): fewer than {least} validation photos with "
-            "or without the defect, or no level ranked them the right way round; those keep the plain "
-            "max over tiles."
+            "or without the defect, no level ranked them the right way round, or per level predicted "
+            "held-out validation photos no better (leave one out); those keep the plain max over tiles."
         )
     return lines
 

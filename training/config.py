@@ -76,6 +76,11 @@ class CalibrationSettings(BaseModel):
         ge=2,
         description="per_level is fitted only with this many validation photos with and without the defect",
     )
+    per_level_held_out: bool = Field(
+        True,
+        description="keep a family's per-level fit only where it predicts validation photos it was not "
+        "fitted on better than the plain max (leave one out; training.calibrate.held_out_gain)",
+    )
 
     @field_validator("per_level")
     @classmethod
