@@ -139,13 +139,6 @@ def _level_fits(level_raw: np.ndarray, labels: np.ndarray, levels) -> dict[str, 
     return {key: {"a": a, "b": b} if a > 0 else dict(LEFT_OUT) for key, (a, b) in fits.items()}
 
 
-def _max_over_levels(level_raw: np.ndarray, levels, fits: dict[str, dict[str, float]]) -> np.ndarray:
-    """One family's photo scores: the max over its N×L level maxima, each through its level's fit."""
-    return np.max(
-        [apply_platt(level_raw[:, i], fits.get(level_key(lv))) for i, lv in enumerate(levels)], axis=0
-    )
-
-
 def held_out_gain(level_raw: np.ndarray, labels: np.ndarray, levels) -> float:
     """How much better one family's per-level calibration predicts a validation photo it was not fitted
     on than the plain max over levels does: the mean log-loss per photo of the photo Platt
@@ -153,13 +146,15 @@ def held_out_gain(level_raw: np.ndarray, labels: np.ndarray, levels) -> float:
 
     ``level_raw`` is that family's N×L level maxima, ``labels`` its N booleans.
     """
-    level_raw = np.asarray(level_raw, dtype=np.float64)
+    level_raw = np.asarray(level_raw, dtype=np.float64)[:, :, None]  # one family, as combine_levels takes it
     labels = np.asarray(labels).astype(bool)
+    plain = level_raw.max(axis=1)[:, 0]
     gain = 0.0
     for i in range(len(labels)):
         keep = np.arange(len(labels)) != i
-        for sign, fits in ((1.0, {}), (-1.0, _level_fits(level_raw[keep], labels[keep], levels))):
-            photo = _max_over_levels(level_raw, levels, fits)
+        fits = _level_fits(level_raw[keep, :, 0], labels[keep], levels)
+        per_level = combine_levels(level_raw, ["family"], levels, {"family": fits})[:, 0]
+        for sign, photo in ((1.0, plain), (-1.0, per_level)):
             p = float(apply_platt(photo[i : i + 1], fit_platt(photo[keep], labels[keep]))[0])
             p = min(max(p, 1e-6), 1 - 1e-6)
             gain -= sign * math.log(p if labels[i] else 1 - p)
