@@ -7,6 +7,7 @@ scale, the quality gate, the classifier on every tile of the pyramid, and the de
 per photo; the machine may be shared, so run it when nothing else is.
 
     .venv/bin/python benchmarks/bench_triage.py [--photos 24] [--threads 1 2] [--memory BUNDLE]
+        [--classifier BUNDLE ...] [--classifiers-only]
 
 The detector is also timed reading every tile once (the baseline), with the photo mirrored too
 (``detector.mirror``) everywhere and only near the plain view's peaks (``detector.mirror_found_only``),
@@ -54,13 +55,16 @@ def main() -> None:
         help="any other classifier bundle (one network of the shipped ensemble, say), timed against "
         "--model's; repeatable",
     )
+    parser.add_argument(
+        "--classifiers-only", action="store_true", help="time the classifiers only (no detector runs)"
+    )
     args = parser.parse_args()
 
     from cv.prep import working_photo
     from cv.quality import QualityConfig, assess_photo
     from datasets.synth import generate_po
     from models.bundle import load_bundle
-    from models.photo import as_prep, detect_photo, guided_tiles, score_photo
+    from models.photo import as_prep, detect_photo, score_photo
     from models.predictor import load_predictor
     from models.refs import resolve_model_ref
 
@@ -88,7 +92,8 @@ def main() -> None:
     print(f"({tiles} tiles on the first photo, {w}x{h} at working scale)\n")
 
     print(f"{'model':<11}{'backend':<9}{'threads':>8}{'ms/photo':>10}{'vs torch':>10}")
-    for task, run in (("classifier", score_photo), ("detector", detect_photo)):
+    tasks = (("classifier", score_photo),) + (() if args.classifiers_only else (("detector", detect_photo),))
+    for task, run in tasks:
         for threads in args.threads:
             per_backend = {}
             for backend in ("torch", "onnx"):
@@ -98,10 +103,21 @@ def main() -> None:
             for backend, ms in per_backend.items():
                 ratio = per_backend["torch"] / ms
                 print(f"{task:<11}{backend:<9}{threads:>8}{ms:>10.0f}{ratio:>9.2f}x")
-    # How the detector reads a photo, against reading every tile once: the mirrored view everywhere
-    # (detector.mirror) or only near the plain view's peaks (mirror_found_only), that on the tiles the
-    # classifier points at (guide_threshold 0.1, the setting tried in configs/train_detector.yaml), and
-    # with the photo read at 0.8 and 1.25 of the working scale as well (detector.scales).
+    if not args.classifiers_only:
+        time_detector_reads(refs, works, prep, args.threads)
+    time_other_classifiers(args, refs, works, prep)
+
+
+def time_detector_reads(refs: dict, works: list, prep, threads_list: list[int]) -> None:
+    """How the detector reads a photo, against reading every tile once (ONNX Runtime): the mirrored view
+    everywhere (detector.mirror) or only near the plain view's peaks (mirror_found_only), that on the
+    tiles the classifier points at (guide_threshold 0.1, the setting tried in
+    configs/train_detector.yaml), and with the photo read at 0.8 and 1.25 of the working scale as well
+    (detector.scales)."""
+    from models.bundle import load_bundle
+    from models.photo import detect_photo, guided_tiles, score_photo
+    from models.predictor import load_predictor
+
     shipped = load_bundle(refs["detector"])  # its settings only: no network loaded twice
     decoding = shipped.config.get("detector") or {}
 
@@ -122,7 +138,7 @@ def main() -> None:
     classifier = load_predictor(refs["classifier"], "onnx", "cpu", 1)
     guides = [score_photo(w, classifier, prep) for w in works]
     print(f"\n{'detector (ONNX Runtime)':<40}{'threads':>8}{'ms/photo':>10}{'vs one view':>14}")
-    for threads in args.threads:
+    for threads in threads_list:
         predictor = load_predictor(refs["detector"], "onnx", "cpu", threads)
         per_arm = {}
         for name, bundle in arms.items():
@@ -137,6 +153,13 @@ def main() -> None:
             )
         for name, ms in per_arm.items():
             print(f"{name:<40}{threads:>8}{ms:>10.0f}{ms / per_arm['one view']:>13.2f}x")
+
+
+def time_other_classifiers(args, refs: dict, works: list, prep) -> None:
+    """--memory, --ensemble and --classifier bundles against --model's classifier (ONNX Runtime)."""
+    from models.photo import score_photo
+    from models.predictor import load_predictor
+
     others = [(name, ref) for name, ref in (("with memory", args.memory), ("ensemble", args.ensemble)) if ref]
     others += [(Path(ref).name if Path(ref).exists() else ref, ref) for ref in args.classifier]
     if others:

@@ -147,8 +147,11 @@ def test_fine_tune_that_never_beats_its_starting_model_keeps_that_models_weights
 
     source = train("classifier", _config("classifier", epochs=1), po, track=False, log=lambda m: None)
     lines: list[str] = []
-    # No epoch can beat a crop AP by more than 1: the fine-tune has to fall back to where it started.
-    config = _config("classifier", lr=0.01, early_stopping={"patience": 2, "min_delta": 1.0})
+    # No epoch can beat a crop AP by more than 1: the fine-tune has to fall back to where it started
+    # (and has no fine-tuned weights to average with them, ensemble_with_start or not).
+    config = _config(
+        "classifier", lr=0.01, early_stopping={"patience": 2, "min_delta": 1.0}, ensemble_with_start=True
+    )
     tuned = train(
         "classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "ft", track=False,
         log=lines.append,
@@ -323,6 +326,71 @@ def test_wise_ft_ships_the_average_of_the_starting_and_the_best_fine_tuned_weigh
         moved += int(not torch.equal(best[key].float(), start[key]))
     assert moved > 0  # the fine-tune changed weights, and the bundle holds neither end
     assert "WiSE-FT" in load_bundle(tuned.bundle_dir).card
+
+
+def test_a_fine_tune_ensembled_with_its_start_averages_the_starting_and_the_fine_tuned_logits(po, data_dir):
+    import torch
+
+    from models.bundle import load_bundle
+    from models.predictor import load_predictor
+    from models.pretrained import read_state_dict
+    from models.registry import build_model
+    from training.engine import load_checkpoint, train
+    from training.ensemble import with_starting_members
+
+    quiet = {"track": False, "log": lambda m: None}
+    source = train("classifier", _config("classifier", epochs=1, lr=1e-6), po, out=data_dir / "s", **quiet)
+    lines: list[str] = []
+    frozen = {"arch": "tile_classifier", "kwargs": {"pretrained": "none", "freeze_stages": 2}}
+    tuned = train(
+        "classifier", _config("classifier", model=frozen, ensemble_with_start=True), po,
+        from_ref=str(source.bundle_dir), out=data_dir / "j", track=False, log=lines.append,
+    )  # fmt: skip
+    assert tuned.metrics["best_epoch"] >= 1
+    assert any("logits averaged with the fine-tune's: 2 members" in line for line in lines)
+    bundle = load_bundle(tuned.bundle_dir)
+    assert bundle.arch == "tile_ensemble" and bundle.arch_kwargs["members"] == 2
+    assert bundle.weights_dtype == "float16"  # as `loupe ensemble` stores an ensemble
+    # The stem and the 2 frozen stages are the start's: the fine-tuned member reads the start's.
+    assert (bundle.arch_kwargs["trunk_of"], bundle.arch_kwargs["shared_stages"]) == ([0, 0], 2)
+    assert "ensemble_with_start" in bundle.card and set(bundle.thresholds) == set(bundle.families)
+
+    kwargs = {
+        k: v for k, v in bundle.arch_kwargs.items() if k not in ("members", "trunk_of", "shared_stages")
+    }
+    fine_tuned = build_model("tile_classifier", **{**kwargs, "pretrained": "none"})
+    fine_tuned.load_state_dict(load_checkpoint(data_dir / "j" / "checkpoints" / "best.pt")["model"])
+    x = torch.randn(3, 3, PREP["input_size"], PREP["input_size"])
+    with torch.no_grad():
+        start = load_bundle(source.bundle_dir).build_module()(x)
+        tuned_logits = fine_tuned.eval()(x)
+        whole = bundle.build_module()(x)
+    assert torch.allclose(whole, (start + tuned_logits) / 2, atol=2e-2)  # half-precision weights
+    assert not torch.allclose(whole, start, atol=2e-2) and not torch.allclose(whole, tuned_logits, atol=2e-2)
+    # Reading the shared parts once scores as reading them once per member, patches included; and so
+    # does the ONNX export.
+    unshared = build_model("tile_ensemble", **{**bundle.arch_kwargs, "trunk_of": None, "shared_stages": 0})
+    unshared.load_state_dict(bundle.build_module().state_dict())
+    with torch.no_grad():
+        a, b = bundle.build_module().forward_with_patches(x), unshared.eval().forward_with_patches(x)
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-5) and torch.allclose(
+        a["patches"], b["patches"], atol=1e-5
+    )
+    onnx = load_predictor(tuned.bundle_dir, backend="onnx", task="classifier", threads=1).run(x.numpy())
+    assert np.allclose(onnx, torch.sigmoid(whole).numpy(), atol=1e-4)
+    # Fine-tuned again, an ensemble keeps its members as they were and adds as many fine-tuned ones.
+    retuned = bundle.build_module()
+    with torch.no_grad():
+        retuned.members[1].net.classifier.bias.add_(1.0)
+    joined, kwargs = with_starting_members(retuned, "tile_ensemble", dict(bundle.arch_kwargs), bundle)
+    assert kwargs["members"] == 4 and (kwargs["trunk_of"], kwargs["shared_stages"]) == ([0, 0, 0, 0], 2)
+    saved = read_state_dict(bundle.weights_path)
+    assert all(torch.equal(joined.state_dict()[k], saved[k].float()) for k in saved)
+    with torch.no_grad():
+        assert torch.allclose(joined(x), (whole + retuned(x)) / 2, atol=2e-2)
+
+    with pytest.raises(ValueError, match="ensemble_with_start"):
+        _config("detector", ensemble_with_start=True)
 
 
 def test_fine_tune_keeps_the_source_prep_unless_told_to_take_the_recipes(po, data_dir):

@@ -37,6 +37,12 @@ def model_card(
                 f"- weights {cfg['wise_ft']:g} of the way from `{from_bundle.ref}` to the best epoch's "
                 "(WiSE-FT weight average)"
             )
+        start_members = from_bundle.arch_kwargs.get("members", 1)
+        if cfg.get("ensemble_with_start") and bundle.arch_kwargs.get("members", 1) > start_members:
+            lines.append(
+                f"- its members 1-{start_members} are `{from_bundle.ref}` as it was, the others fine-tuned: "
+                "each tile's score is the mean of their logits (`ensemble_with_start`)"
+            )
         if cfg.get("distill") and not cfg.get("teachers"):
             lines.append(
                 f"- scores on the training crops held near `{from_bundle.ref}`'s with weights "

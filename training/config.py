@@ -202,6 +202,13 @@ class TrainConfig(BaseModel):
         "best fine-tuned ones (WiSE-FT, Wortsman et al. 2022: a weight average of the two); null keeps "
         "the fine-tuned weights",
     )
+    ensemble_with_start: bool = Field(
+        False,
+        description="classifier, with --from: the bundle is the starting model and the fine-tuned one in "
+        "one tile_ensemble whose logits are averaged (when an epoch beat the start): a few photos correct "
+        "the model rather than replace it; every tile is read by both, at twice the starting model's "
+        "time, and a fine-tune of such a bundle doubles its members again",
+    )
     distill: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="classifier, with --from: per family, the weight of a loss keeping the model's scores "
@@ -240,6 +247,10 @@ class TrainConfig(BaseModel):
         if self.teachers and not any(self.distill.values()):
             raise ValueError(
                 "teachers are distilled with the distill weights: give distill a weight per family"
+            )
+        if self.task != "classifier" and self.ensemble_with_start:
+            raise ValueError(
+                "ensemble_with_start averages classifiers' logits; remove it from a detector recipe"
             )
         if self.task != "classifier" and self.memory is not None:
             raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")

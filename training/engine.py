@@ -594,8 +594,15 @@ def train(
             start = read_state_dict(from_bundle.weights_path)  # the weights build_for_training started from
             model.load_state_dict(interpolate_weights(start, model.state_dict(), config.wise_ft))
             log(f"weights: {config.wise_ft:g} of the way from {from_ref} to the best epoch's (WiSE-FT)")
+        arch = from_bundle.arch if from_bundle is not None else config.model.arch
+        if joins_start(config, from_bundle, best_epoch):
+            from training.ensemble import with_starting_members
+
+            model, arch_kwargs = with_starting_members(model, arch, arch_kwargs, from_bundle)
+            arch = "tile_ensemble"
+            log(f"{from_ref}'s logits averaged with the fine-tune's: {arch_kwargs['members']} members")
         result = finish(
-            task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
+            task, config, model, arch, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
             from_bundle, log, track, command,
         )  # fmt: skip
         result.mlflow_run_id = run_id
@@ -610,6 +617,12 @@ def train(
                     f"version {result.registered['version']}" + (" as @champion" if champion else "")
                 )
     return result
+
+
+def joins_start(config: TrainConfig, from_bundle: Any | None, best_epoch: int) -> bool:
+    """Whether the bundle averages the starting model with the fine-tune (``ensemble_with_start``): not
+    when no epoch beat the start, whose weights are then the bundle's."""
+    return from_bundle is not None and config.ensemble_with_start and best_epoch >= 0
 
 
 def interpolate_weights(start: dict, tuned: dict, alpha: float) -> dict:
@@ -634,8 +647,8 @@ class _null_run:
 
 
 def finish(
-    task, config, model, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch, from_bundle,
-    log, track, command,
+    task, config, model, arch, arch_kwargs, families, split, val_ids, run_dir, history, best_epoch,
+    from_bundle, log, track, command,
 ) -> TrainResult:  # fmt: skip
     """Evaluate the best weights on whole validation photos, calibrate, write the bundle and the card."""
     from models.bundle import ModelBundle, save_bundle
@@ -652,7 +665,7 @@ def finish(
         name=f"loupe-{task}",
         version=run_dir.name,
         task=task,
-        arch=from_bundle.arch if from_bundle is not None else config.model.arch,
+        arch=arch,
         arch_kwargs=arch_kwargs,
         families=families,
         subtypes=subtypes,
@@ -703,7 +716,9 @@ def finish(
     bundle = bundle.model_copy(
         update={"card": model_card(bundle, report, split, history, from_bundle, command)}
     )
-    bundle_dir = save_bundle(bundle, model.state_dict(), run_dir / "bundle")
+    # An ensemble with its starting model is stored as `loupe ensemble` stores one (and was scored so).
+    half = joins_start(config, from_bundle, best_epoch)
+    bundle_dir = save_bundle(bundle, model.state_dict(), run_dir / "bundle", half=half)
     if memory is not None:
         memory.save(bundle_dir)
     (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from training.validate import recalibrate
 
@@ -54,11 +55,7 @@ def ensemble_bundle(
                 f"{ref}: differs from {refs[0]} in {', '.join(differs)}; an ensemble averages classifiers "
                 "that read the same tiles and score the same families"
             )
-    state = {
-        f"members.{i}.{key}": tensor
-        for i, bundle in enumerate(bundles)
-        for key, tensor in read_state_dict(bundle.weights_path).items()
-    }
+    state = ensemble_state([read_state_dict(bundle.weights_path) for bundle in bundles])
     kwargs = {**first.arch_kwargs, "members": len(bundles)}
     members = ", ".join(f"`{b.ref}` ({ref})" for ref, b in zip(refs, bundles, strict=True))
     card = (
@@ -85,3 +82,68 @@ def ensemble_bundle(
         return recalibrate(
             tmp, data, out, split=split, version=bundle.version, track=track, command=command, log=log
         )
+
+
+def member_states(state: dict, arch: str) -> list[dict]:
+    """A classifier's weights as its members' (a ``tile_classifier`` is one member)."""
+    if arch == "tile_classifier":
+        return [state]
+    if arch != "tile_ensemble":
+        raise ValueError(f"a {arch} is not a tile classifier or an ensemble of them")
+    members: dict[int, dict] = {}
+    for key, tensor in state.items():
+        _, index, rest = key.split(".", 2)  # members.<i>.<key>
+        members.setdefault(int(index), {})[rest] = tensor
+    return [members[i] for i in sorted(members)]
+
+
+def ensemble_state(members: list[dict]) -> dict:
+    """The weights of a ``tile_ensemble`` of ``members`` (each a tile classifier's state dict)."""
+    return {f"members.{i}.{key}": tensor for i, state in enumerate(members) for key, tensor in state.items()}
+
+
+def equal_parts(a: dict, b: dict) -> int:
+    """How many of a tile classifier's leading parts (the stem, then each stage) hold the same weights
+    in the state dicts ``a`` and ``b``."""
+    prefixes = [("net.conv_stem.", "net.bn1.")]
+    stages = {int(k.split(".")[2]) for k in a if k.startswith("net.blocks.")}
+    prefixes += [(f"net.blocks.{s}.",) for s in sorted(stages)]
+    for n, part in enumerate(prefixes):
+        keys = [k for k in a if k.startswith(part)]
+        if not keys or any(k not in b or not a[k].equal(b[k]) for k in keys):
+            return n
+    return len(prefixes)
+
+
+def with_starting_members(model, arch: str, arch_kwargs: dict, start: Any) -> tuple[Any, dict]:
+    """The fine-tuned classifier ``model`` and its starting model's bundle ``start`` as one
+    ``tile_ensemble`` (the start's members first), and its arch kwargs.
+
+    A buyer's few photos move a fine-tune towards their look and away from what the starting model
+    knew; the mean of the two logits keeps both (output-space ensembling, which Wortsman et al. 2022
+    compare with WiSE-FT's weight average). Weights are rounded to half precision, as the bundle
+    stores them, so the photos it is calibrated on are scored as triage will score them.
+    """
+    import torch
+
+    from models.pretrained import read_state_dict
+    from models.registry import build_model
+
+    def rounded(state: dict) -> dict:
+        return {k: v.to("cpu", torch.float16) if v.is_floating_point() else v.cpu() for k, v in state.items()}
+
+    starting = member_states(rounded(read_state_dict(start.weights_path)), start.arch)
+    tuned = member_states(rounded(model.state_dict()), arch)
+    # Tuned member j shares the parts its fine-tune left as they were with starting member j's trunk.
+    shared = min(equal_parts(a, b) for a, b in zip(starting, tuned, strict=True)) - 1
+    kwargs = {**arch_kwargs, "members": len(starting) + len(tuned)}
+    if shared >= 0:
+        start_trunks = start.arch_kwargs.get("trunk_of") or list(range(len(starting)))
+        shared = min(shared, start.arch_kwargs.get("shared_stages", shared))
+        kwargs.update(trunk_of=[*start_trunks, *start_trunks], shared_stages=shared)
+    else:
+        kwargs.update(trunk_of=None, shared_stages=0)
+    joined = build_model("tile_ensemble", **{**kwargs, "pretrained": "none"})
+    joined.load_state_dict(ensemble_state(starting + tuned), strict=True)  # back to float32 by copy_
+    device = next(model.parameters()).device
+    return joined.to(device).to(memory_format=torch.channels_last).eval(), kwargs
