@@ -206,8 +206,8 @@ class TrainConfig(BaseModel):
         False,
         description="classifier, with --from: the bundle is the starting model and the fine-tuned one in "
         "one tile_ensemble whose logits are averaged (when an epoch beat the start): a few photos correct "
-        "the model rather than replace it; every tile is read by both, at twice the starting model's "
-        "time, and a fine-tune of such a bundle doubles its members again",
+        "the model rather than replace it; every tile is read by both (the stages the fine-tune left as they "
+        "were only once, shared), and a fine-tune of such a bundle doubles its members again",
     )
     distill: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
