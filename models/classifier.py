@@ -118,6 +118,7 @@ class MeanLogits(nn.Module):
                 f"trunk_of {trunk_of}: each member reads an earlier member's own trunk, or its own"
             )
         self.shared_stages = shared_stages
+        self.shares = self.trunk_of != list(range(len(members)))  # decided once, not on every batch
         for i, j in enumerate(self.trunk_of):
             if j != i:  # the same modules, so the weights cannot drift apart
                 source, target = members[j].net, members[i].net
@@ -138,7 +139,7 @@ class MeanLogits(nn.Module):
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.trunk_of == list(range(len(self.members))):  # nothing shared: members may be ensembles too
+        if not self.shares:  # nothing shared: members may be ensembles too
             return torch.stack([m(x).float() for m in self.members]).mean(dim=0)
         return torch.stack(self._member_logits(x)).mean(dim=0)
 
