@@ -16,7 +16,9 @@ and compares, on held-out photos of the same look:
 
   default     the shipped default model as it is (the baseline every buyer starts from)
   scratch     the fine-tuning recipe from ImageNet weights, on the buyer photos only
-  fine-tune   the same recipe from the default model (`loupe train classifier --from default`)
+  fine-tune   the same recipe from the default model, one split of the photos (`bag: 1`)
+  bag         (classifier, two seeds or more) the seeds' fine-tunes joined as the recipe's `bag: K` ships
+              them (training.bag; `loupe train classifier --from default` with the buyer recipe)
 
 It prints per-family image-level AUROC and average precision of each, and the fine-tune's differences
 against both baselines with a 95 % paired-bootstrap interval over the held-out photos: "better" only
@@ -224,7 +226,11 @@ def train(
     # Both arms see the same pixels and read boxes alike: scratch gets the base model's prep and
     # decoding (a fine-tune keeps both anyway).
     base_bundle = load_bundle(resolve_model_ref(base, task))
-    config = config.model_copy(update={"prep": PrepSettings(**base_bundle.prep), "seed": seed})
+    # One fine-tune an arm: a recipe's bag is judged as its own arm, joined from these (bag_arm).
+    update = {"prep": PrepSettings(**base_bundle.prep), "seed": seed}
+    if task == "classifier":
+        update["bag"] = 1
+    config = config.model_copy(update=update)
     lines: list[str] = []
     if task == "detector":
         config = keep_decoding(config, base_bundle, lines.append)
@@ -232,6 +238,26 @@ def train(
     result = train_model(task, config, data, from_ref=from_ref, out=out, track=False, log=lines.append)
     kept = any(line.startswith("no epoch beat the starting model") for line in lines)
     return str(result.bundle_dir), time.perf_counter() - started, kept
+
+
+def bag_arm(runs: list[Path], base: str, parser: argparse.ArgumentParser) -> str:
+    """The fine-tune arms' seeds as one bag (training.bag: what the recipe's ``bag: K`` ships from K
+    splits at those seeds), calibrated out of bag on their validation photos' scores."""
+    from models.bundle import load_bundle
+    from models.refs import resolve_model_ref
+    from training.bag import join_bag
+    from training.config import load_train_config
+    from training.evaluate import RUN_FILE
+
+    missing = [str(run) for run in runs if not (run / RUN_FILE).is_file()]
+    if missing:
+        parser.error(f"no validation photo scores ({RUN_FILE}) in {', '.join(missing)}: train them again")
+    config = load_train_config("finetune_classifier", "classifier").model_copy(update={"bag": len(runs)})
+    out = CACHE / f"{runs[0].name}-bag{len(runs)}"
+    seeds = " ".join(run.name.rsplit("seed", 1)[1] for run in runs)
+    start = load_bundle(resolve_model_ref(base, "classifier"))
+    join_bag(runs, start, config, out, out.name, f"benchmarks/bench_finetune.py --seeds {seeds}", log=print)
+    return str(out)
 
 
 def fmt(v: float | None) -> str:
@@ -297,6 +323,9 @@ def main() -> None:
             arms[name].append(bundle)
             note = ": no epoch beat the starting model, its weights kept (recalibrated)" if kept else ""
             print(f"seed {seed}: {name} trained on {args.train_photos} photos in {seconds:.0f} s{note}")
+    if args.task == "classifier" and len(args.seeds) > 1:
+        runs = [CACHE / f"{args.look}-{args.train_photos}-run-fine-tune-seed{seed}" for seed in args.seeds]
+        arms["bag"] = [bag_arm(runs, args.base, parser)]
     results_file = CACHE / f"{test_name}-{args.train_photos}{suffix}-results.json"
     if args.task == "detector":
         report_boxes(arms, buyer_test, args, results_file)
@@ -364,22 +393,28 @@ def report_photos(arms: dict[str, list[str]], buyer_test: Path, args, results_fi
             print(f"  {name} seed {seed}: AUROC {aurocs}")
     rounds = args.bootstrap or 1000
     print(
-        f"\nfine-tune minus baseline, mean over families with positives "
+        f"\narm minus baseline, mean over families with positives "
         f"(95 % interval: paired bootstrap over photos, {rounds} rounds):"
     )
     summary = {}
     per_family = {}
-    for base in ("default", "scratch"):
-        diffs = paired_bootstrap(raws["fine-tune"], raws[base], labels, families, columns, rounds)
-        gap = figures["fine-tune"] - figures[base]
+    pairs = [("fine-tune", "default"), ("fine-tune", "scratch")]
+    if "bag" in raws:  # the recipe's bag of the seeds' fine-tunes, against each
+        pairs += [("bag", "default"), ("bag", "scratch"), ("bag", "fine-tune")]
+    for arm, base in pairs:
+        if base == "default":
+            print(f"  {arm}:")
+        diffs = paired_bootstrap(raws[arm], raws[base], labels, families, columns, rounds)
+        gap = figures[arm] - figures[base]
+        key = f"vs_{base}" if arm == "fine-tune" else f"{arm}_vs_{base}"
         for k, metric in enumerate(("auroc", "ap")):
             mean_diffs = np.nanmean(diffs[:, k], axis=1)
             d = interval(mean_diffs, np.nanmean(gap[k]))
-            summary[f"vs_{base}_{metric}"] = d.as_dict()
-            print(f"  vs {base:<8} {metric:<6} {d}")
+            summary[f"{key}_{metric}"] = d.as_dict()
+            print(f"  vs {base:<9} {metric:<6} {d}")
         for j, i in enumerate(columns):  # a family can gain while the mean hides it
             d = interval(diffs[:, 0, j], gap[0, j])
-            per_family[f"vs_{base}_{families[i]}_auroc"] = d.as_dict()
+            per_family[f"{key}_{families[i]}_auroc"] = d.as_dict()
             print(f"    {families[i]:<10} auroc {d}")
     results = {
         name: {families[i]: {"auroc": f[0, j], "ap": f[1, j]} for j, i in enumerate(columns)}

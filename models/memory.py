@@ -33,11 +33,15 @@ class PatchMemory:
     spread: dict[float, float]  # level -> its robust standard deviation (1.4826 x MAD)
     weights: dict[str, float] = field(default_factory=dict)  # family -> logit added per unit of surprise
 
+    def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """What ``memory.npz`` holds of it: the banks and each level's centre and spread."""
+        stats = np.array([[lv, self.centre[lv], self.spread[lv]] for lv in self.banks], np.float64)
+        banks = {f"{prefix}bank_{lv:g}": bank.astype(np.float16) for lv, bank in self.banks.items()}
+        return {f"{prefix}stats": stats, **banks}
+
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / MEMORY_FILE
-        arrays = {f"bank_{lv:g}": bank.astype(np.float16) for lv, bank in self.banks.items()}
-        stats = np.array([[lv, self.centre[lv], self.spread[lv]] for lv in self.banks], np.float64)
-        np.savez(path, stats=stats, **arrays)
+        np.savez(path, **self.arrays())
         return path
 
     def describe(self) -> dict:
@@ -52,24 +56,54 @@ class PatchMemory:
         }
 
 
-def load_memory(folder: str | Path, weights: dict[str, float]) -> PatchMemory:
-    """The memory saved beside a bundle; raises :class:`ModelFileError` naming the file when unreadable."""
+@dataclass
+class MemoryBag:
+    """The memories of a bag of fine-tunes (:mod:`training.bag`), each of its own split's training
+    photos and scaled on its validation photos: a tile's surprise is the mean of theirs, as the bag's
+    logits are the mean of its networks'."""
+
+    parts: list[PatchMemory]
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / MEMORY_FILE
+        arrays = {k: v for i, part in enumerate(self.parts) for k, v in part.arrays(f"part{i}_").items()}
+        np.savez(path, parts=np.array(len(self.parts)), **arrays)
+        return path
+
+    def describe(self) -> dict:
+        return {
+            "file": MEMORY_FILE,
+            "weights": dict(self.weights),
+            "parts": [part.describe()["levels"] for part in self.parts],
+        }
+
+
+def _read_part(data: np.lib.npyio.NpzFile, prefix: str, weights: dict[str, float]) -> PatchMemory:
+    stats = data[f"{prefix}stats"]
+    return PatchMemory(
+        banks={float(lv): data[f"{prefix}bank_{lv:g}"].astype(np.float32) for lv, _, _ in stats},
+        centre={float(lv): float(c) for lv, c, _ in stats},
+        spread={float(lv): float(s) for lv, _, s in stats},
+        weights=dict(weights),
+    )
+
+
+def load_memory(folder: str | Path, weights: dict[str, float]) -> PatchMemory | MemoryBag:
+    """The memory saved beside a bundle (a bag's, when it has parts); raises :class:`ModelFileError`
+    naming the file when unreadable."""
     path = Path(folder) / MEMORY_FILE
     try:
         with np.load(path) as data:
-            stats = data["stats"]
-            banks = {float(lv): data[f"bank_{lv:g}"].astype(np.float32) for lv, _, _ in stats}
+            if "parts" not in data:
+                return _read_part(data, "", weights)
+            parts = [_read_part(data, f"part{i}_", weights) for i in range(int(data["parts"]))]
     except (OSError, KeyError, ValueError) as exc:
         raise ModelFileError(
             f"{path}: the bundle's patch memory is missing or damaged ({exc}); copy the whole bundle folder "
             "again, or train the fine-tune again"
         ) from exc
-    return PatchMemory(
-        banks=banks,
-        centre={float(lv): float(c) for lv, c, _ in stats},
-        spread={float(lv): float(s) for lv, _, s in stats},
-        weights=dict(weights),
-    )
+    return MemoryBag(parts=parts, weights=dict(weights))
 
 
 def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
@@ -86,8 +120,13 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(best, 0, None)).reshape(t, p).max(axis=1)
 
 
-def tile_surprise(patches: np.ndarray, scales: np.ndarray, memory: PatchMemory) -> np.ndarray:
-    """(T,) surprise of each tile in robust standard units at its level; 0 at a level not remembered."""
+def tile_surprise(patches: np.ndarray, scales: np.ndarray, memory: PatchMemory | MemoryBag) -> np.ndarray:
+    """(T,) surprise of each tile in robust standard units at its level; 0 at a level not remembered
+    (a bag's: the mean of its parts')."""
+    if isinstance(memory, MemoryBag):
+        return np.mean(
+            [tile_surprise(patches, scales, part) for part in memory.parts], axis=0, dtype=np.float32
+        )
     scales = np.asarray(scales, np.float64)
     out = np.zeros(len(scales), np.float32)
     for lv, bank in memory.banks.items():

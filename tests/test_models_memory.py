@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.errors import ModelFileError
-from models.memory import PatchMemory, load_memory, nearest_distances, tile_surprise, with_surprise
+from models.memory import MemoryBag, PatchMemory, load_memory, nearest_distances, tile_surprise, with_surprise
 
 
 def test_a_tile_is_as_surprising_as_its_least_familiar_patch():
@@ -59,3 +59,24 @@ def test_a_saved_memory_loads_back_and_a_missing_one_names_its_file(tmp_path):
     assert memory.describe()["levels"]["0.25"] == {"patches": 5, "centre": 2.5, "spread": 0.7}
     with pytest.raises(ModelFileError, match=r"memory\.npz"):
         load_memory(tmp_path / "elsewhere", {"logo": 0.5})
+
+
+def test_a_bags_memory_surprises_as_the_mean_of_its_parts_and_loads_back_as_a_bag(tmp_path):
+    bank = np.zeros((1, 2), np.float32)
+    parts = [
+        PatchMemory(banks={1.0: bank}, centre={1.0: 1.0}, spread={1.0: 0.5}, weights={"logo": 1.0}),
+        PatchMemory(
+            banks={1.0: bank + 1, 0.5: bank}, centre={1.0: 0.0, 0.5: 2.0}, spread={1.0: 1.0, 0.5: 2.0}
+        ),
+    ]
+    bag = MemoryBag(parts=parts, weights={"logo": 1.0})
+    tiles = np.array([[[3.0, 0.0]], [[3.0, 0.0]]], np.float32)
+    scales = np.array([1.0, 0.5])
+    # level 1: (3 - 1) / 0.5 = 4 and |(3, 0) - (1, 1)| = sqrt(5); level 0.5: not in the first part, 0
+    expected = [(4.0 + np.sqrt(5.0)) / 2, (0.0 + (3 - 2) / 2.0) / 2]
+    assert tile_surprise(tiles, scales, bag) == pytest.approx(expected, abs=1e-3)
+    bag.save(tmp_path)
+    back = load_memory(tmp_path, {"logo": 1.0})
+    assert isinstance(back, MemoryBag) and len(back.parts) == 2
+    assert tile_surprise(tiles, scales, back) == pytest.approx(expected, abs=1e-3)
+    assert bag.describe()["parts"][1]["0.5"] == {"patches": 1, "centre": 2.0, "spread": 2.0}

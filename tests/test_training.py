@@ -393,6 +393,110 @@ def test_a_fine_tune_ensembled_with_its_start_averages_the_starting_and_the_fine
         _config("detector", ensemble_with_start=True)
 
 
+def test_a_bag_of_fine_tunes_averages_each_splits_networks_with_the_start_and_calibrates_out_of_bag(
+    po, data_dir
+):
+    import mlflow
+    import torch
+
+    from models.bundle import load_bundle
+    from models.memory import MemoryBag, load_memory, tile_surprise
+    from models.predictor import load_predictor
+    from models.pretrained import read_state_dict
+    from training.bag import SPLIT_DIR
+    from training.calibrate import recipe_fit
+    from training.engine import split_data, train
+    from training.ensemble import member_states
+    from training.evaluate import RUN_FILE, joined_runs, load_run
+
+    source = train(
+        "classifier", _config("classifier", epochs=1, lr=1e-6), po, track=False, log=lambda m: None
+    )
+    frozen = {"arch": "tile_classifier", "kwargs": {"pretrained": "none", "freeze_stages": 2}}
+    memory = {"weights": {"logo": 1.0}, "min_val_tiles": 2}
+    config = _config("classifier", model=frozen, ensemble_with_start=True, bag=2, epochs=2, memory=memory)
+    lines: list[str] = []
+    bag = train(
+        "classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "bag", register=True,
+        log=lines.append,
+    )  # fmt: skip
+    splits = [data_dir / "bag" / SPLIT_DIR.format(k) for k in range(2)]
+    runs = [load_run(d / RUN_FILE) for d in splits]
+    # Each split is the recipe at its own seed: its own validation photos, scored by its own model.
+    assert [sorted(r.image_ids) for r in runs] == [
+        sorted(split_data(po, None, 0.3, k).val_ids) for k in range(2)
+    ]
+    assert runs[0].image_ids != runs[1].image_ids
+    passed = [d for d in splits if load_bundle(d / "bundle").metrics["best_epoch"] >= 1]
+    assert passed, "no split beat the start: nothing to bag"
+
+    bundle = load_bundle(bag.bundle_dir)
+    assert bundle.arch == "tile_ensemble" and bundle.arch_kwargs["members"] == 1 + len(passed)
+    # Every fine-tuned network reads the start's stem and 2 frozen stages.
+    assert (bundle.arch_kwargs["trunk_of"], bundle.arch_kwargs["shared_stages"]) == (
+        [0] * (1 + len(passed)),
+        2,
+    )
+    x = torch.randn(3, 3, PREP["input_size"], PREP["input_size"])
+    with torch.no_grad():
+        start = load_bundle(source.bundle_dir).build_module()(x)
+        tuned = []
+        for d in passed:  # a split's bundle is its start then its fine-tuned network
+            split_bundle = load_bundle(d / "bundle")
+            one = member_states(read_state_dict(split_bundle.weights_path), split_bundle.arch)[1]
+            net = load_bundle(source.bundle_dir).build_module()
+            net.load_state_dict({k: v.float() for k, v in one.items()})
+            tuned.append(net.eval()(x))
+        whole = bundle.build_module()(x)
+    assert torch.allclose(whole, torch.stack([start, *tuned]).mean(0), atol=2e-2)
+
+    # Calibrated out of bag: on both splits' validation photos as their own models scored them.
+    joined = joined_runs(runs)
+    _, thresholds = recipe_fit(config.calibration, bundle.families)(
+        joined.raw, joined.labels, **joined.fit_args()
+    )
+    assert all(bundle.thresholds[f] == pytest.approx(thresholds[f]) for f in bundle.families)
+    assert bundle.metrics["val_photos"] == len(joined.image_ids)
+    assert "a bag of 2 fine-tunes" in bundle.card and "out of bag" in bundle.card
+
+    # The splits' memories, each of its own training photos, averaged.
+    saved = load_memory(bag.bundle_dir, bundle.memory["weights"])
+    assert isinstance(saved, MemoryBag) and len(saved.parts) == len(bundle.memory["parts"]) == 2
+    parts = [load_memory(d / "bundle", {"logo": 1.0}) for d in splits]
+    predictor = load_predictor(bag.bundle_dir, task="classifier")
+    patches = predictor.patch_features(x.numpy())
+    scales = np.ones(len(x))
+    assert np.allclose(
+        tile_surprise(patches, scales, saved), np.mean([tile_surprise(patches, scales, p) for p in parts], 0)
+    )
+    onnx = load_predictor(bag.bundle_dir, backend="onnx", task="classifier")
+    assert np.allclose(onnx.run(x.numpy()), torch.sigmoid(whole).numpy(), atol=1e-4)
+
+    # Tracked as its own MLflow run and registered; run again, it keeps the splits it finished.
+    uri = f"sqlite:///{(data_dir / 'mlflow.db').resolve()}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("loupe-classifier").experiment_id], "attributes.run_name = 'bag'"
+    )
+    assert (
+        run.data.tags["loupe.from"] == str(source.bundle_dir)
+        and "val/triage/good_flagged" in run.data.metrics
+    )
+    assert bag.registered["version"]
+    before = read_state_dict(bundle.weights_path)
+    again: list[str] = []
+    train("classifier", config, po, from_ref=str(source.bundle_dir), out=data_dir / "bag", track=False,
+          log=again.append)  # fmt: skip
+    assert sum("already trained" in line for line in again) == 2
+    after = read_state_dict(bundle.weights_path)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+
+    with pytest.raises(ValueError, match="bag"):
+        _config("detector", bag=2)
+    with pytest.raises(ValueError, match="--from"):
+        train("classifier", config, po, out=data_dir / "nofrom", track=False, log=lambda m: None)
+
+
 def test_fine_tune_keeps_the_source_prep_unless_told_to_take_the_recipes(po, data_dir):
     from models.bundle import load_bundle
     from training.engine import train

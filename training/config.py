@@ -209,6 +209,14 @@ class TrainConfig(BaseModel):
         "the model rather than replace it; every tile is read by both (the stages the fine-tune left as they "
         "were only once, shared), and a fine-tune of such a bundle doubles its members again",
     )
+    bag: int = Field(
+        1,
+        ge=1,
+        description="classifier, with --from: train the recipe this many times, at seeds seed, seed+1, ... "
+        "(each its own train/validation split of the photos), and ship every split's fine-tuned networks "
+        "(and the start's, with ensemble_with_start) in one tile_ensemble, calibrated out of bag "
+        "(training.bag); costs as many fine-tunes, and one more set of last stages per tile per split",
+    )
     distill: dict[str, NonNegativeFloat] = Field(
         default_factory=dict,
         description="classifier, with --from: per family, the weight of a loss keeping the model's scores "
@@ -252,6 +260,8 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "ensemble_with_start averages classifiers' logits; remove it from a detector recipe"
             )
+        if self.task != "classifier" and self.bag > 1:
+            raise ValueError("bag averages classifiers' logits; remove it from a detector recipe")
         if self.task != "classifier" and self.memory is not None:
             raise ValueError("memory holds a classifier's patch features; remove it from a detector recipe")
         return self

@@ -411,6 +411,18 @@ def train(
     from training import classifier_loop, detector_loop
     from training.data import BatchFeeder, balanced_batches, build_tile_cache
 
+    if config.bag > 1:
+        from training.bag import train_bag
+
+        if resume is not None:
+            raise ValueError(
+                f"{resume}: a bag of fine-tunes resumes by running its command again with the same --out "
+                "(the splits it finished are kept)"
+            )
+        return train_bag(
+            task, config, data, val_data, from_ref, register=register, champion=champion, out=out,
+            track=track, epochs=epochs, prep_from_recipe=prep_from_recipe, log=log,
+        )  # fmt: skip
     loop = classifier_loop if task == "classifier" else detector_loop
     ckpt = None
     if resume is not None:
@@ -657,7 +669,7 @@ def finish(
     from training.calibrate import recipe_fit
     from training.card import model_card
     from training.data import SUBTYPE_NAMES
-    from training.evaluate import cross_fitted, ground_truth, photo_report, run_on_photos
+    from training.evaluate import RUN_FILE, cross_fitted, ground_truth, photo_report, run_on_photos, save_run
 
     model.eval()
     subtypes = list(SUBTYPE_NAMES) if task == "detector" and arch_kwargs.get("num_subtypes") else []
@@ -722,6 +734,8 @@ def finish(
     if memory is not None:
         memory.save(bundle_dir)
     (run_dir / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1), encoding="utf-8")
+    if task == "classifier":
+        save_run(run, run_dir / RUN_FILE)  # what a bag of fine-tunes calibrates on (training.bag)
     if track:
         tracking.log_metrics(report["flat"])
         tracking.log_evaluation(report)

@@ -115,6 +115,34 @@ def equal_parts(a: dict, b: dict) -> int:
     return len(prefixes)
 
 
+def in_half(state: dict) -> dict:
+    """``state`` rounded to half precision on the CPU, as a bundle stores an ensemble."""
+    import torch
+
+    return {k: v.to("cpu", torch.float16) if v.is_floating_point() else v.cpu() for k, v in state.items()}
+
+
+def joined_state(
+    starting: list[dict], tuned: list[dict], start_kwargs: dict, arch_kwargs: dict
+) -> tuple[dict, dict]:
+    """The weights and arch kwargs of one ``tile_ensemble`` of the starting model's members
+    (``starting``; its arch kwargs ``start_kwargs``) then ``tuned``: the members of one or more
+    fine-tunes of it, as many each. Tuned member i shares the parts its fine-tune left as they were
+    with starting member ``i % len(starting)``'s trunk."""
+    n = len(starting)
+    if not tuned:
+        return ensemble_state(starting), {**arch_kwargs, "members": n}
+    shared = min(equal_parts(starting[i % n], member) for i, member in enumerate(tuned)) - 1
+    kwargs = {**arch_kwargs, "members": n + len(tuned)}
+    if shared >= 0:
+        start_trunks = start_kwargs.get("trunk_of") or list(range(n))
+        shared = min(shared, start_kwargs.get("shared_stages", shared))
+        kwargs.update(trunk_of=start_trunks * (1 + len(tuned) // n), shared_stages=shared)
+    else:
+        kwargs.update(trunk_of=None, shared_stages=0)
+    return ensemble_state(starting + tuned), kwargs
+
+
 def with_starting_members(model, arch: str, arch_kwargs: dict, start: Any) -> tuple[Any, dict]:
     """The fine-tuned classifier ``model`` and its starting model's bundle ``start`` as one
     ``tile_ensemble`` (the start's members first), and its arch kwargs.
@@ -129,21 +157,10 @@ def with_starting_members(model, arch: str, arch_kwargs: dict, start: Any) -> tu
     from models.pretrained import read_state_dict
     from models.registry import build_model
 
-    def rounded(state: dict) -> dict:
-        return {k: v.to("cpu", torch.float16) if v.is_floating_point() else v.cpu() for k, v in state.items()}
-
-    starting = member_states(rounded(read_state_dict(start.weights_path)), start.arch)
-    tuned = member_states(rounded(model.state_dict()), arch)
-    # Tuned member j shares the parts its fine-tune left as they were with starting member j's trunk.
-    shared = min(equal_parts(a, b) for a, b in zip(starting, tuned, strict=True)) - 1
-    kwargs = {**arch_kwargs, "members": len(starting) + len(tuned)}
-    if shared >= 0:
-        start_trunks = start.arch_kwargs.get("trunk_of") or list(range(len(starting)))
-        shared = min(shared, start.arch_kwargs.get("shared_stages", shared))
-        kwargs.update(trunk_of=[*start_trunks, *start_trunks], shared_stages=shared)
-    else:
-        kwargs.update(trunk_of=None, shared_stages=0)
+    starting = member_states(in_half(read_state_dict(start.weights_path)), start.arch)
+    tuned = member_states(in_half(model.state_dict()), arch)
+    state, kwargs = joined_state(starting, tuned, start.arch_kwargs, arch_kwargs)
     joined = build_model("tile_ensemble", **{**kwargs, "pretrained": "none"})
-    joined.load_state_dict(ensemble_state(starting + tuned), strict=True)  # back to float32 by copy_
+    joined.load_state_dict(state, strict=True)  # back to float32 by copy_
     device = next(model.parameters()).device
     return joined.to(device).to(memory_format=torch.channels_last).eval(), kwargs

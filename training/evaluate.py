@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -237,6 +239,65 @@ class PhotoRun:
         :func:`~training.calibrate.apply_calibration` take them."""
         level_raw = None if self.level_raw is None else self.level_raw[rows]
         return {"level_raw": level_raw, "levels": self.levels}
+
+
+# A classifier run's photo scores, kept in its run folder: a bag of fine-tunes calibrates on them.
+RUN_FILE = "val_scores.npz"
+
+
+def save_run(run: PhotoRun, path: str | Path) -> Path:
+    """A classifier run's photo scores and what each photo holds (not its tile scores or panels)."""
+    meta = {
+        "families": list(run.families),
+        "image_ids": [int(i) for i in run.image_ids],
+        "levels": list(run.levels),
+        "names": run.names,
+        "subtypes": run.subtypes,
+        "groups": run.groups,
+    }
+    arrays = {"raw": run.raw, "labels": run.labels}
+    if run.level_raw is not None:
+        arrays["level_raw"] = run.level_raw
+    np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+    return Path(path)
+
+
+def load_run(path: str | Path) -> PhotoRun:
+    """A run :func:`save_run` wrote."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        level_raw = data.get("level_raw")
+        return PhotoRun(
+            families=meta["families"],
+            image_ids=meta["image_ids"],
+            raw=data["raw"],
+            labels=data["labels"],
+            subtypes=meta["subtypes"],
+            groups=meta["groups"],
+            level_raw=level_raw,
+            levels=tuple(meta["levels"]),
+            names=meta["names"],
+        )
+
+
+def joined_runs(runs: list[PhotoRun]) -> PhotoRun:
+    """Classifier runs of the same families and pyramid levels as one run, their photos in turn."""
+    first = runs[0]
+    for run in runs[1:]:
+        if run.families != first.families or run.levels != first.levels:
+            raise ValueError("runs to join must score the same families at the same pyramid levels")
+    with_levels = all(run.level_raw is not None for run in runs)
+    return PhotoRun(
+        families=first.families,
+        image_ids=[i for run in runs for i in run.image_ids],
+        raw=np.concatenate([run.raw for run in runs]),
+        labels=np.concatenate([run.labels for run in runs]),
+        subtypes=[s for run in runs for s in run.subtypes],
+        groups=[g for run in runs for g in run.groups],
+        level_raw=np.concatenate([run.level_raw for run in runs]) if with_levels else None,
+        levels=first.levels if with_levels else (),
+        names=[n for run in runs for n in run.names],
+    )
 
 
 def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
