@@ -214,6 +214,12 @@ def test_cross_fitting_judges_each_half_at_what_the_other_half_chose():
 
     ids = [7, 3, 9, 1, 5, 2, 8, 4]
     assert [sorted(ids[i] for i in half) for half in calibration_halves(ids)] == [[1, 3, 5, 8], [2, 4, 7, 9]]
+    # a photo scored twice (two splits of a bag validated on it) is judged in one half only
+    twice = [*ids, 3, 4]
+    assert [sorted(twice[i] for i in half) for half in calibration_halves(twice)] == [
+        [1, 3, 3, 5, 8],
+        [2, 4, 4, 7, 9],
+    ]
     raw = np.array([[0.9], [0.2], [0.8], [0.3], [0.6], [0.7], [0.1], [0.4]])
     labels = np.array([[1], [0], [1], [0], [1], [1], [0], [0]], bool)
     run = PhotoRun(["stitching"], ids, raw, labels, subtypes=[["skipped_stitch"]] * 8)

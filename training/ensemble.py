@@ -130,6 +130,8 @@ def joined_state(
     fine-tunes of it, as many each. Tuned member i shares the parts its fine-tune left as they were
     with starting member ``i % len(starting)``'s trunk."""
     n = len(starting)
+    if len(tuned) % n:
+        raise ValueError(f"{len(tuned)} fine-tuned networks do not make whole copies of the start's {n}")
     if not tuned:
         return ensemble_state(starting), {**arch_kwargs, "members": n}
     shared = min(equal_parts(starting[i % n], member) for i, member in enumerate(tuned)) - 1

@@ -301,9 +301,11 @@ def joined_runs(runs: list[PhotoRun]) -> PhotoRun:
 
 
 def calibration_halves(image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The two folds of the validation photos for cross-fitting: alternate photos by id (rows)."""
-    order = np.argsort(np.asarray(image_ids), kind="stable")
-    return np.sort(order[0::2]), np.sort(order[1::2])
+    """The two folds of the validation photos for cross-fitting: alternate photos by id (rows). A photo
+    scored more than once (a bag's splits can share validation photos) stays in one fold."""
+    ids = np.asarray(image_ids)
+    first = np.isin(ids, np.unique(ids)[0::2])
+    return np.flatnonzero(first), np.flatnonzero(~first)
 
 
 def cross_fitted(run: PhotoRun, fit: Callable) -> tuple[np.ndarray, dict[str, np.ndarray]]:
