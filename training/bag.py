@@ -105,14 +105,17 @@ def join_bag(
     from models.memory import MemoryBag, load_memory
     from models.pretrained import read_state_dict
     from training.calibrate import recipe_fit
+    from training.card import bag_card
     from training.engine import _jsonable
     from training.ensemble import in_half, joined_state, member_states
     from training.evaluate import RUN_FILE, cross_fitted, joined_runs, load_run, photo_report
 
     starting = member_states(in_half(read_state_dict(start.weights_path)), start.arch)
-    tuned, memories, kept, runs = [], [], [], []
+    tuned, memories, kept, runs, template = [], [], [], [], None
     for split_dir in split_dirs:
         bundle = load_bundle(split_dir / "bundle")
+        if template is None:
+            template = bundle  # the bag keeps the first split's names, prep and families
         runs.append(load_run(split_dir / RUN_FILE))
         if bundle.memory:
             memories.append(load_memory(bundle.folder, bundle.memory["weights"]))
@@ -121,7 +124,6 @@ def join_bag(
             continue
         members = member_states(in_half(read_state_dict(bundle.weights_path)), bundle.arch)
         tuned += members[len(starting) :] if config.ensemble_with_start else members
-    template = load_bundle(split_dirs[0] / "bundle")
     arch, n = "tile_ensemble", len(starting)
     if not tuned:  # no split beat the start: the bag is the start's weights, calibrated out of bag
         arch, state, kwargs = start.arch, read_state_dict(start.weights_path), dict(start.arch_kwargs)
@@ -158,37 +160,3 @@ def join_bag(
     if memory is not None:
         memory.save(bundle_dir)
     return bundle_dir, report
-
-
-def bag_card(
-    bundle: Any, report: dict, split_dirs: list[Path], kept: list[str], start: Any, command: str
-) -> str:
-    """The bag's model card: what it averages, how it was calibrated, its out-of-bag figures."""
-    from training.card import validation_table
-
-    kept_note = (
-        f" ({', '.join(kept)}: no epoch beat the start, so only its calibration photos count)" if kept else ""
-    )
-    lines = [
-        f"# {bundle.name} {bundle.version}: a bag of {len(split_dirs)} fine-tunes of `{start.ref}`",
-        "",
-        f"The recipe trained {len(split_dirs)} times, each at its own seed's train/validation split of the "
-        f"photos{kept_note}; shipped as one tile_ensemble of {bundle.arch_kwargs['members']} networks whose "
-        "logits are averaged"
-        + (", the starting model's among them" if bundle.config.get("ensemble_with_start") else "")
-        + (", with the splits' memories of good tiles averaged" if bundle.memory else "")
-        + " (`training.bag`).",
-        "",
-        f"Calibrated out of bag: on each split's validation photos ({report['photos']} in all) as that "
-        "split's own model scored them, never by networks that learnt from them. Figures cross-fitted:",
-        "",
-        *validation_table(bundle, report),
-        "",
-        "Reproduce:",
-        "",
-        "```",
-        command,
-        "```",
-        "",
-    ]
-    return "\n".join(lines)

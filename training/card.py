@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -104,12 +105,14 @@ def model_card(
         "- Defects much smaller than a few working-scale pixels (fine threads on wide shots) are missed.",
         "",
         "## Reproduce",
-        "```",
-        command,
-        "```",
-        "",
+        *command_block(command),
     ]
     return "\n".join(lines)
+
+
+def command_block(command: str) -> list[str]:
+    """Markdown lines: the command that reproduces a model, fenced, and a blank line."""
+    return ["```", command, "```", ""]
 
 
 def _level_lines(bundle: Any, cfg: dict) -> list[str]:
@@ -190,9 +193,35 @@ def recalibration_card(bundle: Any, report: dict, fitted_on: str, recipe: str | 
         "",
         *validation_table(bundle, report),
         "",
-        "```",
-        command,
-        "```",
+        *command_block(command),
+    ]
+    return "\n".join(lines)
+
+
+def bag_card(
+    bundle: Any, report: dict, split_dirs: list[Path], kept: list[str], start: Any, command: str
+) -> str:
+    """The bag's model card: what it averages, how it was calibrated, its out-of-bag figures."""
+    kept_note = (
+        f" ({', '.join(kept)}: no epoch beat the start, so only its calibration photos count)" if kept else ""
+    )
+    lines = [
+        f"# {bundle.name} {bundle.version}: a bag of {len(split_dirs)} fine-tunes of `{start.ref}`",
         "",
+        f"The recipe trained {len(split_dirs)} times, each at its own seed's train/validation split of the "
+        f"photos{kept_note}; shipped as one tile_ensemble of {bundle.arch_kwargs['members']} networks whose "
+        "logits are averaged"
+        + (", the starting model's among them" if bundle.config.get("ensemble_with_start") else "")
+        + (", with the splits' memories of good tiles averaged" if bundle.memory else "")
+        + " (`training.bag`).",
+        "",
+        f"Calibrated out of bag: on each split's validation photos ({report['photos']} in all) as that "
+        "split's own model scored them, never by networks that learnt from them. Figures cross-fitted:",
+        "",
+        *validation_table(bundle, report),
+        "",
+        "Reproduce:",
+        "",
+        *command_block(command),
     ]
     return "\n".join(lines)
